@@ -1,0 +1,55 @@
+# axolotl-operator developer commands. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+CACHE_DIR ?= $(HOME)/.cache/axolotl-operator
+# The trainer tier needs Python >= 3.12 (Axolotl 0.21); pyenv's 3.12 is used when no python3.12 is on PATH.
+TRAINER_PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $(HOME)/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
+TRAINER_VENV ?= $(CACHE_DIR)/trainer-venv
+PYTEST_ARGS ?=
+
+.PHONY: setup lint crd crd-check unit integration trainer-setup trainer-test test demo kubeenv-up kubeenv-down clean
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.stamp
+
+lint: setup
+	$(VENV)/bin/ruff check operator tests bench hack trainer-image
+
+crd: setup
+	$(VENV)/bin/axolotl-operator crd > crds/axolotl.ai_axolotljobs.yaml
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+# --- kubeenv (tests/kubeenv, hack/kubeenv) ---
+kubeenv-up: setup
+	hack/kubeenv up
+
+kubeenv-down:
+	hack/kubeenv down
+# --- end kubeenv ---
+
+integration: setup
+	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
+
+# --- trainer tier (trainer-image/, tests/trainer) ---
+trainer-setup:
+	hack/trainer-venv "$(TRAINER_PYTHON)" "$(TRAINER_VENV)"
+
+trainer-test: trainer-setup
+	$(TRAINER_VENV)/bin/python -m pytest -q tests/trainer $(PYTEST_ARGS)
+# --- end trainer tier ---
+
+test: lint unit integration trainer-test
+
+demo: setup
+	hack/demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
