@@ -1,0 +1,19 @@
+"""The AxolotlJob API: models, translation of stale Axolotl options, validation."""
+
+from .issues import FieldIssue, SpecError
+from .job import API_VERSION, GROUP, KIND, PLURAL, VERSION, AxolotlJob, AxolotlJobStatus
+from .validate import ParsedJob, parse_job
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "AxolotlJob",
+    "AxolotlJobStatus",
+    "FieldIssue",
+    "ParsedJob",
+    "SpecError",
+    "parse_job",
+]

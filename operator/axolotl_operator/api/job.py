@@ -1,0 +1,204 @@
+"""The AxolotlJob resource: Kubernetes-side fields (camelCase) around the Axolotl config (snake_case)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from .config import AxolotlConfig
+
+GROUP = "axolotl.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AxolotlJob"
+PLURAL = "axolotljobs"
+SINGULAR = "axolotljob"
+SHORT_NAMES = ("axj",)
+CATEGORIES = ("axolotl",)
+# Leaves room for the suffixes of child names and for the Job's pod names (<name>-<index>-xxxxx <= 63).
+MAX_NAME_LENGTH = 50
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Quantity = (
+    int | Annotated[str, StringConstraints(pattern=r"^[+-]?[0-9.]+([eE][+-]?[0-9]+|[KMGTPE]i?|[mun])?$")]
+)
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+
+
+class KubeModel(BaseModel):
+    """camelCase on the wire, strict about unknown Kubernetes fields (typos are errors, not no-ops)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def field(description: str, default: Any = None, **constraints: Any) -> Any:
+    return Field(default=default, description=description, **constraints)
+
+
+class SecretKeyRef(KubeModel):
+    """A key of a Secret in the job's namespace."""
+
+    name: str = Field(description="Secret name.", min_length=1, max_length=253)
+    key: str = Field(description="Key within the Secret.", min_length=1, max_length=253)
+
+
+class JobSecrets(KubeModel):
+    """References to Secrets; their values never enter the spec, the config or the status."""
+
+    hf_token: SecretKeyRef | None = field(
+        "Hugging Face token, injected as HF_TOKEN (gated models, Hub push)."
+    )
+    wandb_api_key: SecretKeyRef | None = field("Weights & Biases API key, injected as WANDB_API_KEY.")
+
+
+class Storage(KubeModel):
+    """The volume mounted at /workspace/data: datasets, caches, checkpoints and outputs."""
+
+    size: Quantity | None = field("Size of the claim the operator creates; default from operator settings.")
+    existing_claim: str | None = field(
+        "Use this existing PersistentVolumeClaim instead of creating one; never deleted by the operator."
+    )
+    storage_class_name: str | None = field("StorageClass of the created claim; default: the cluster default.")
+    access_modes: list[AccessMode] | None = field(
+        "Access modes of the created claim; default ReadWriteOnce (ReadWriteMany for multi-node jobs).",
+        min_length=1,
+    )
+
+
+class ResourceRequirements(KubeModel):
+    """Extra CPU/memory for the trainer container; GPUs come from spec.gpus."""
+
+    requests: dict[str, Quantity] | None = field("Minimum resources, e.g. {cpu: 8, memory: 64Gi}.")
+    limits: dict[str, Quantity] | None = field("Maximum resources, e.g. {memory: 128Gi}.")
+
+
+class EnvVar(KubeModel):
+    """An extra environment variable for the trainer container (WANDB_PROJECT, NCCL_DEBUG, ...)."""
+
+    name: str = Field(description="Variable name.", min_length=1)
+    value: str | None = field("Literal value. Use valueFrom.secretKeyRef (or spec.secrets) for secrets.")
+    value_from: dict[str, Any] | None = field("Source of the value, as in a Pod's env[].valueFrom.")
+
+
+class LocalObjectReference(KubeModel):
+    name: str = Field(description="Name of the referenced object.", min_length=1)
+
+
+class PodMetadata(KubeModel):
+    """Labels and annotations added to the training pods."""
+
+    labels: dict[str, str] | None = field("Labels added to the training pods.")
+    annotations: dict[str, str] | None = field("Annotations added to the training pods.")
+
+
+class AxolotlJobSpec(KubeModel):
+    """What to train and where: the Axolotl config plus the Kubernetes settings of its pods."""
+
+    image: str | None = field("Trainer image; default from operator settings.")
+    gpus: int = field("GPUs per node; 0 runs on CPU only.", default=1, ge=0, le=64)
+    nodes: int = field("Nodes (pods) to train on; above 1 runs multi-node torchrun.", default=1, ge=1, le=256)
+    resources: ResourceRequirements | None = field("Extra CPU and memory requests and limits.")
+    storage: Storage | None = field("The persistent volume mounted at /workspace/data.")
+    secrets: JobSecrets | None = field("Secrets injected as HF_TOKEN and WANDB_API_KEY.")
+    env: list[EnvVar] | None = field("Extra environment variables for the trainer.")
+    suspend: bool = field("Suspend the job: running pods stop; false resumes it.", default=False)
+    queue_name: str | None = field("Kueue LocalQueue; the job waits suspended until Kueue admits it.")
+    backoff_limit: int = field("Pod retries before the job fails; retries resume from a checkpoint.", 3, ge=0)
+    active_deadline_seconds: int | None = field("Fail the job after this many seconds of running.", ge=1)
+    ttl_seconds_after_finished: int | None = field(
+        "Delete the finished Job (not the data) after N seconds.", ge=0
+    )
+    node_selector: dict[str, str] | None = field("Node labels the training pods must match.")
+    tolerations: list[dict[str, Any]] | None = field("Tolerations of the training pods.")
+    affinity: dict[str, Any] | None = field("Affinity of the training pods.")
+    priority_class_name: str | None = field("PriorityClass of the training pods.")
+    service_account_name: str | None = field("ServiceAccount of the training pods.")
+    image_pull_secrets: list[LocalObjectReference] | None = field("Secrets to pull the trainer image.")
+    pod_metadata: PodMetadata | None = field("Labels and annotations for the training pods.")
+    config: AxolotlConfig = Field(
+        description="The Axolotl training config (snake_case, as in Axolotl's YAML); immutable."
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the operator reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=DNS_LABEL)
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class AxolotlJob(BaseModel):
+    """An AxolotlJob manifest."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["axolotl.ai/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["AxolotlJob"]
+    metadata: ObjectMeta
+    spec: AxolotlJobSpec
+
+
+# --- status (written by the operator only) ---
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Stalled")
+
+
+class Condition(KubeModel):
+    """A metav1.Condition."""
+
+    type: str = Field(description="Created, Running, Succeeded, Failed, Suspended, Ready or Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(description="What happened and what to do about it.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = field("The spec generation this condition was computed for.")
+
+
+class Progress(KubeModel):
+    """Live training progress reported by the trainer."""
+
+    step: int | None = field("Optimizer steps done.")
+    total_steps: int | None = field("Optimizer steps planned.")
+    percent: int | None = field("Progress in percent.")
+    epoch: float | None = field("Epochs done, fractional.")
+    loss: float | None = field("Latest training loss.")
+    learning_rate: float | None = field("Current learning rate.")
+    grad_norm: float | None = field("Latest gradient norm.")
+    tokens_per_second: float | None = field("Training throughput in tokens per second.")
+    eta_seconds: int | None = field("Estimated seconds until training ends.")
+    updated_at: str | None = field("When the trainer last reported (RFC 3339).")
+
+
+class Outputs(KubeModel):
+    """Where the result is."""
+
+    output_dir: str | None = field("Output directory on the job's volume.")
+    hub_model_id: str | None = field("Hub repository the result is pushed to.")
+    last_checkpoint: str | None = field("The newest checkpoint the trainer wrote.")
+
+
+class AxolotlJobStatus(KubeModel):
+    """The observed state of the job; never written by users."""
+
+    phase: Phase | None = field("Pending, Running, Succeeded, Failed or Suspended.")
+    observed_generation: int | None = field("The spec generation the status reflects.")
+    conditions: list[Condition] | None = field(
+        "Created, Running, Succeeded, Failed, Suspended, Ready, Stalled."
+    )
+    progress: Progress | None = field("Live training progress.")
+    attempts: int | None = field("Pods started so far (1 + retries).")
+    start_time: str | None = field("When the training Job started (RFC 3339).")
+    completion_time: str | None = field("When the job finished (RFC 3339).")
+    message: str | None = field("Human-readable summary of the current state.")
+    reason: str | None = field("Machine-readable reason of the current phase.")
+    job_name: str | None = field("Name of the batch/v1 Job.")
+    config_map_name: str | None = field("Name of the ConfigMap holding the rendered config.")
+    claim_name: str | None = field("Name of the PersistentVolumeClaim mounted at /workspace/data.")
+    outputs: Outputs | None = field("Where the result is.")

@@ -1,0 +1,224 @@
+"""Turn a raw AxolotlJob manifest into a validated job and the exact config Axolotl will read.
+
+The same function serves the CLI (`validate`, `render`) and the operator, so what passes offline passes
+in the cluster and what the operator refuses is refused offline too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .compat import translate_config
+from .config import AxolotlConfig, Dataset
+from .issues import FieldIssue, SpecError, config_path, join_path
+from .job import MAX_NAME_LENGTH, AxolotlJob
+from .known_keys import axolotl_keys, did_you_mean
+from .secrets_guard import find_inline_secrets
+
+RWX = "ReadWriteMany"
+
+
+@dataclass(frozen=True)
+class ParsedJob:
+    """A valid job: the typed model, the translated config (what the ConfigMap gets) and the warnings."""
+
+    job: AxolotlJob
+    config: dict[str, Any]
+    warnings: tuple[FieldIssue, ...]
+
+    @property
+    def name(self) -> str:
+        return self.job.metadata.name
+
+
+def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
+    """Validate, translate and check a manifest; raise SpecError naming every bad field."""
+    if not isinstance(manifest, Mapping):
+        raise SpecError(
+            [FieldIssue("(document)", "expected a YAML mapping with apiVersion, kind, metadata, spec")]
+        )
+    spec = manifest.get("spec")
+    if not isinstance(spec, Mapping):
+        raise SpecError([FieldIssue("spec", "required: the job's spec with at least spec.config.base_model")])
+    raw_config = spec.get("config")
+    if not isinstance(raw_config, Mapping):
+        raise SpecError(
+            [FieldIssue("spec.config", "required: the Axolotl config (a mapping), e.g. base_model")]
+        )
+
+    errors = find_inline_secrets(raw_config, spec.get("env"))
+    if errors:  # stop here: nothing else gets to echo a secret back
+        raise SpecError(errors)
+
+    translation = translate_config(dict(raw_config))
+    errors = list(translation.errors)
+    warnings = list(translation.warnings)
+
+    candidate = {**manifest, "spec": {**spec, "config": translation.config}}
+    job: AxolotlJob | None = None
+    try:
+        job = AxolotlJob.model_validate(candidate)
+    except ValidationError as exc:
+        errors.extend(_pydantic_issues(exc))
+    if job is not None:
+        errors.extend(_cross_field_issues(job))
+        warnings.extend(_missing_secret_warnings(job))
+    warnings.extend(_unknown_key_warnings(translation.config))
+    if errors:
+        raise SpecError(_dedupe(errors), warnings)
+    assert job is not None
+    return ParsedJob(job=job, config=translation.config, warnings=tuple(warnings))
+
+
+def _pydantic_issues(exc: ValidationError) -> list[FieldIssue]:
+    issues = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        path = join_path("", *loc) if loc else "(document)"
+        message = error["msg"]
+        if error["type"] == "string_too_long" and loc[-2:] == ["metadata", "name"]:
+            message = f"at most {MAX_NAME_LENGTH} characters (child objects and pods append suffixes)"
+        elif error["type"] == "string_pattern_mismatch" and loc[-2:] == ["metadata", "name"]:
+            message = "must be a DNS-1123 label: lower-case letters, digits and '-'"
+        elif error["type"] == "extra_forbidden":
+            message = f"unknown field{did_you_mean(str(loc[-1]), _sibling_fields(loc))}"
+        elif error["type"] == "literal_error":
+            message = f"{message}; got {error.get('input')!r}"
+        issues.append(FieldIssue(path, message))
+    return issues
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic adds the union member to the location (e.g. 'str', 'list[str]'); users never wrote it."""
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool", "dict", "list"}
+        or "[" in part
+        or part.startswith(("constrained-", "function-", "literal["))
+    )
+
+
+def _sibling_fields(loc: list[Any]) -> frozenset[str]:
+    from . import job as job_module
+
+    model: Any = job_module.AxolotlJob
+    for part in loc[:-1]:
+        if not isinstance(part, str):
+            continue
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        info = fields.get(part)
+        annotation = getattr(info, "annotation", None)
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        if not inner:
+            break
+        model = inner[0]
+        if not hasattr(model, "model_fields"):
+            break
+    if not hasattr(model, "model_fields"):
+        return frozenset()
+    return frozenset(info.alias or name for name, info in model.model_fields.items())
+
+
+def _cross_field_issues(job: AxolotlJob) -> list[FieldIssue]:
+    c = job.spec.config
+    issues = []
+
+    def fail(key: str, message: str) -> None:
+        issues.append(FieldIssue(config_path(key), message))
+
+    for quantized in ("load_in_4bit", "load_in_8bit"):
+        if getattr(c, quantized) and not c.adapter:
+            fail(quantized, "a quantized base model cannot be fully fine-tuned; set adapter: qlora (or lora)")
+    if c.load_in_4bit and c.load_in_8bit:
+        fail("load_in_8bit", "load_in_4bit and load_in_8bit exclude each other; keep one")
+    if c.adapter == "qlora" and not c.load_in_4bit:
+        fail("adapter", "qlora needs load_in_4bit: true (or use adapter: lora)")
+    if c.adapter == "qlora" and c.load_in_8bit:
+        fail("load_in_8bit", "qlora loads the model in 4 bits; remove load_in_8bit")
+    exclusive = (
+        ("warmup_steps", "warmup_ratio"),
+        ("gpu_memory_limit", "max_memory"),
+        ("save_steps", "saves_per_epoch"),
+        ("eval_steps", "evals_per_epoch"),
+    )
+    for first, second in exclusive:
+        if getattr(c, first) and getattr(c, second):
+            fail(second, f"{first} and {second} exclude each other; keep one")
+    if c.bf16 is True and c.fp16 is True:
+        fail("fp16", "bf16 and fp16 are both true; keep one (bf16 on Ampere and newer)")
+    if c.adapter is None and any(
+        getattr(c, key) is not None
+        for key in ("lora_r", "lora_alpha", "lora_target_modules", "lora_model_dir")
+    ):
+        fail("adapter", "LoRA options are set but no adapter; set adapter: lora (or remove the lora_* keys)")
+
+    spec = job.spec
+    if spec.nodes > 1 and spec.storage is not None and not spec.storage.existing_claim:
+        modes = spec.storage.access_modes
+        if modes is not None and RWX not in modes:
+            issues.append(
+                FieldIssue(
+                    "spec.storage.accessModes",
+                    f"a {spec.nodes}-node job shares its volume across nodes: use [ReadWriteMany] "
+                    "(and a StorageClass that supports it) or an existingClaim",
+                )
+            )
+    return issues
+
+
+def _missing_secret_warnings(job: AxolotlJob) -> list[FieldIssue]:
+    """A Hub push or W&B run without its credential fails late, after the GPU hours are spent."""
+    secrets = job.spec.secrets
+    env_names = {var.name for var in job.spec.env or []}
+    warnings = []
+    if (
+        job.spec.config.hub_model_id
+        and (secrets is None or secrets.hf_token is None)
+        and "HF_TOKEN" not in env_names
+    ):
+        warnings.append(
+            FieldIssue(
+                "spec.secrets.hfToken", "hub_model_id is set but no HF token: the push at the end will fail"
+            )
+        )
+    if (
+        job.spec.config.wandb_project
+        and (secrets is None or secrets.wandb_api_key is None)
+        and not (env_names & {"WANDB_API_KEY", "WANDB_MODE"})
+    ):
+        warnings.append(
+            FieldIssue(
+                "spec.secrets.wandbApiKey",
+                "wandb_project is set but no W&B key: set it or WANDB_MODE=offline",
+            )
+        )
+    return warnings
+
+
+def _unknown_key_warnings(config: Mapping[str, Any]) -> list[FieldIssue]:
+    known = frozenset(axolotl_keys()["config_keys"]) | frozenset(AxolotlConfig.model_fields)
+    warnings = [
+        FieldIssue(config_path(key), f"not a key Axolotl knows; it will be ignored{did_you_mean(key, known)}")
+        for key in config
+        if key not in known
+    ]
+    dataset_known = frozenset(axolotl_keys()["dataset_keys"]) | frozenset(Dataset.model_fields)
+    for index, dataset in enumerate(config.get("datasets") or []):
+        if not isinstance(dataset, Mapping):
+            continue
+        warnings.extend(
+            FieldIssue(
+                config_path("datasets", index, key),
+                f"not a dataset key Axolotl knows; it will be ignored{did_you_mean(key, dataset_known)}",
+            )
+            for key in dataset
+            if key not in dataset_known
+        )
+    return warnings
+
+
+def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
+    return list(dict.fromkeys(issues))

@@ -1,0 +1,189 @@
+"""`axolotl-operator`: offline tools (validate, render, convert, crd) and the operator itself (run)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from . import __version__
+from .api import KIND, SpecError, parse_job
+from .convert import ConvertError, convert
+from .crd import crd_yaml
+from .render import render
+from .settings import OperatorSettings
+from .yamlio import dump_all, load_all
+
+LINE_COMMENT = re.compile(r"^\s*//.*$", re.MULTILINE)
+
+
+def _read(path: str) -> str:
+    return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+
+
+def _documents(path: str) -> list[Any]:
+    # Request bodies in docs often carry `// ...` comments; they are not JSON, so drop them.
+    return load_all(LINE_COMMENT.sub("", _read(path)))
+
+
+def _jobs(documents: list[Any]) -> list[Any]:
+    return [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+
+
+def _warn(source: str, warnings: Sequence[Any], stream: TextIO) -> None:
+    for warning in warnings:
+        print(f"{source}: warning: {warning}", file=stream)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            jobs = _jobs(_documents(path))
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if not jobs:
+            print(f"{path}: error: no {KIND} document found", file=sys.stderr)
+            failed = True
+        for manifest in jobs:
+            name = (manifest.get("metadata") or {}).get("name", "?")
+            try:
+                parsed = parse_job(manifest)
+            except SpecError as exc:
+                _warn(f"{path}: {name}", exc.warnings, sys.stderr)
+                for error in exc.errors:
+                    print(f"{path}: {name}: error: {error}", file=sys.stderr)
+                failed = True
+                continue
+            _warn(f"{path}: {name}", parsed.warnings, sys.stderr)
+            print(f"{path}: {name}: valid")
+    return 1 if failed else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    settings = OperatorSettings.from_env()
+    output = []
+    jobs = _jobs(_documents(args.file))
+    if not jobs:
+        print(f"{args.file}: error: no {KIND} document found", file=sys.stderr)
+        return 1
+    for manifest in jobs:
+        try:
+            parsed = parse_job(manifest)
+        except SpecError as exc:
+            for error in exc.errors:
+                print(f"{args.file}: error: {error}", file=sys.stderr)
+            return 1
+        _warn(args.file, parsed.warnings, sys.stderr)
+        namespace = args.namespace or parsed.job.metadata.namespace or "default"
+        output.extend(render(parsed, settings, namespace).manifests())
+    sys.stdout.write(dump_all(output))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    documents = _documents(args.file)
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        print(f"{args.file}: error: expected one Axolotl config or request body", file=sys.stderr)
+        return 1
+    name = args.name
+    if not name and args.file != "-" and "input" not in documents[0]:
+        name = Path(args.file).stem
+    try:
+        converted = convert(documents[0], name=name, namespace=args.namespace, gpus=args.gpus)
+    except ConvertError as exc:
+        print(f"{args.file}: error: {exc}", file=sys.stderr)
+        return 1
+    _warn(args.file, converted.warnings, sys.stderr)
+    job = converted.documents[-1]
+    try:
+        parsed = parse_job(job)
+    except SpecError as exc:
+        _warn(args.file, exc.warnings, sys.stderr)
+        for error in exc.errors:
+            print(f"{args.file}: error: {error}", file=sys.stderr)
+        return 1
+    _warn(args.file, parsed.warnings, sys.stderr)
+    sys.stdout.write(dump_all(converted.documents))
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .manager import run_operator  # the Kopf shell; imported only when running the operator
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="axolotl-operator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check AxolotlJob manifests offline (exit 1 on any error)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files; - reads standard input")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the objects the operator will create for a job")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-n", "--namespace", help="namespace (default: the manifest's, else default)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("convert", help="turn an Axolotl YAML config or request body into an AxolotlJob")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--name", help="job name (default: run_id of a request body, or the file name)")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--gpus", type=int, help="GPUs per node (0 for a CPU-only job)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("crd", help="print the CustomResourceDefinition")
+    p.set_defaults(func=cmd_crd)
+
+    p = sub.add_parser("run", help="run the operator (Kopf, standalone)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeatable; globs allowed)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    p.add_argument("--metrics-port", type=int, default=9400, help="Prometheus metrics port; 0 disables")
+    p.add_argument("--image", dest="default_image", help="default trainer image")
+    p.add_argument("--gpu-resource-name", help="extended resource for GPUs (default nvidia.com/gpu)")
+    p.add_argument("--default-storage-size", help="claim size when spec.storage.size is unset")
+    p.add_argument("--default-storage-class", help="StorageClass when spec.storage has none")
+    p.add_argument("--progress-url", help="URL trainer pods POST progress to")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, yaml.YAMLError) as exc:  # malformed YAML/JSON
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

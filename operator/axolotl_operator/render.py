@@ -1,0 +1,331 @@
+"""AxolotlJob -> the Kubernetes objects that run it. Pure: same input, same bytes.
+
+The operator applies exactly what this returns and `axolotl-operator render` prints it, so a user can see
+offline what the cluster will get.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .api.job import API_VERSION, KIND, AxolotlJob
+from .api.validate import ParsedJob
+from .settings import OperatorSettings
+from .yamlio import dump
+
+Manifest = dict[str, Any]
+
+DATA_MOUNT = "/workspace/data"
+CONFIG_DIR = "/src/config"
+CONFIG_FILE = "config.yaml"
+DEEPSPEED_FILE = "deepspeed.json"
+HF_HOME = f"{DATA_MOUNT}/.cache/huggingface"
+PROGRESS_TOKEN_DIR = "/var/run/secrets/axolotl.ai/progress"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER_NAME = "trainer"
+RUNNER_COMMAND = ["axolotl-job-runner"]
+# The runner exits with EX_CONFIG (sysexits.h) when Axolotl rejects the config: retrying cannot help.
+INVALID_CONFIG_EXIT_CODE = 78
+METRICS_PORT = 9402
+RENDEZVOUS_PORT = 29500
+PROGRESS_TOKEN_SECONDS = 3600
+
+JOB_LABEL = "axolotl.ai/job"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Deterministic child names, so a restarted operator finds (never duplicates) what it made."""
+
+    job: str
+    config_map: str
+    claim: str
+    service: str
+
+    @classmethod
+    def of(cls, job_name: str) -> Names:
+        return cls(job=job_name, config_map=f"{job_name}-config", claim=f"{job_name}-data", service=job_name)
+
+
+@dataclass(frozen=True)
+class Children:
+    """What one AxolotlJob needs. The claim is not owned: training output outlives the job."""
+
+    config_map: Manifest
+    job: Manifest
+    claim: Manifest | None = None
+    service: Manifest | None = None
+
+    def manifests(self) -> list[Manifest]:
+        """In apply order: config and volume before the pods that mount them."""
+        return [m for m in (self.config_map, self.claim, self.service, self.job) if m is not None]
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "axolotl-job",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "axolotl-operator",
+        JOB_LABEL: name,
+    }
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Makes the AxolotlJob the controller of a child: deleting the job deletes the child."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def output_dir(job_name: str) -> str:
+    return f"{DATA_MOUNT}/outputs/{job_name}"
+
+
+def training_config(parsed: ParsedJob) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config file Axolotl reads, plus extra files for the ConfigMap (an inline DeepSpeed config)."""
+    config = dict(parsed.config)
+    config.setdefault("output_dir", output_dir(parsed.name))
+    config.setdefault("dataset_prepared_path", f"{DATA_MOUNT}/prepared")
+    config.setdefault("auto_resume_from_checkpoints", True)
+    files: dict[str, str] = {}
+    if isinstance(config.get("deepspeed"), Mapping):
+        files[DEEPSPEED_FILE] = json.dumps(config["deepspeed"], indent=2, sort_keys=True) + "\n"
+        config["deepspeed"] = f"{CONFIG_DIR}/{DEEPSPEED_FILE}"
+    return config, files
+
+
+def render(
+    parsed: ParsedJob,
+    settings: OperatorSettings,
+    namespace: str,
+    owner: Mapping[str, Any] | None = None,
+) -> Children:
+    """Every child object of the job, with owner references when the live AxolotlJob is given."""
+    job = parsed.job
+    names = Names.of(parsed.name)
+    owners = [owner_reference(owner)] if owner is not None else None
+    config, extra_files = training_config(parsed)
+
+    def metadata(name: str, component: str, owned: bool = True) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(parsed.name, component),
+        }
+        if owned and owners:
+            meta["ownerReferences"] = owners
+        return meta
+
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(names.config_map, "config"),
+        "data": {CONFIG_FILE: dump(config), **extra_files},
+    }
+    claim = (
+        None if _existing_claim(job) else _claim(job, settings, metadata(names.claim, "data", owned=False))
+    )
+    service = _service(names, metadata(names.service, "rendezvous")) if job.spec.nodes > 1 else None
+    batch_job = _job(parsed, settings, names, namespace, metadata(names.job, "training"))
+    return Children(config_map=config_map, job=batch_job, claim=claim, service=service)
+
+
+def _existing_claim(job: AxolotlJob) -> str | None:
+    return job.spec.storage.existing_claim if job.spec.storage and job.spec.storage.existing_claim else None
+
+
+def _claim(job: AxolotlJob, settings: OperatorSettings, metadata: dict[str, Any]) -> Manifest:
+    storage = job.spec.storage
+    default_modes = ["ReadWriteMany"] if job.spec.nodes > 1 else ["ReadWriteOnce"]
+    spec: dict[str, Any] = {
+        "accessModes": list(storage.access_modes) if storage and storage.access_modes else default_modes,
+        "resources": {
+            "requests": {
+                "storage": str(storage.size if storage and storage.size else settings.default_storage_size)
+            }
+        },
+    }
+    storage_class = (storage.storage_class_name if storage else None) or settings.default_storage_class
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    metadata["annotations"] = {"axolotl.ai/retain": "true"}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
+
+
+def _service(names: Names, metadata: dict[str, Any]) -> Manifest:
+    """Headless: gives each indexed pod a stable DNS name (<job>-<index>.<service>) for the rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_LABEL: names.job},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str) -> list[dict[str, Any]]:
+    spec = parsed.job.spec
+    env: list[dict[str, Any]] = [
+        {"name": "BASE_VOLUME", "value": DATA_MOUNT},
+        {"name": "AXOLOTL_CONFIG_DIR", "value": CONFIG_DIR},
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "AXOLOTL_DO_NOT_TRACK", "value": "1"},
+        {"name": "AXOLOTL_JOB_NAME", "value": parsed.name},
+        {"name": "AXOLOTL_JOB_NAMESPACE", "value": namespace},
+        {"name": "AXOLOTL_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "AXOLOTL_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "NPROC_PER_NODE", "value": str(spec.gpus)},
+    ]
+    if spec.nodes > 1:
+        env += [
+            {"name": "NNODES", "value": str(spec.nodes)},
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+                },
+            },
+            {"name": "MASTER_ADDR", "value": f"{names.job}-0.{names.service}.{namespace}.svc"},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        ]
+    if settings.progress_url:
+        env += [
+            {"name": "AXOLOTL_PROGRESS_URL", "value": settings.progress_url},
+            {"name": "AXOLOTL_PROGRESS_TOKEN_FILE", "value": f"{PROGRESS_TOKEN_DIR}/token"},
+        ]
+    secrets = spec.secrets
+    for var, ref in (
+        ("HF_TOKEN", secrets and secrets.hf_token),
+        ("WANDB_API_KEY", secrets and secrets.wandb_api_key),
+    ):
+        if ref:
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    user_env = [var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []]
+    overridden = {var["name"] for var in user_env}
+    return [var for var in env if var["name"] not in overridden] + user_env
+
+
+def _resources(parsed: ParsedJob, settings: OperatorSettings) -> dict[str, Any]:
+    spec = parsed.job.spec
+    resources: dict[str, Any] = {}
+    if spec.resources:
+        for kind in ("requests", "limits"):
+            values = getattr(spec.resources, kind)
+            if values:
+                resources[kind] = {key: str(value) for key, value in values.items()}
+    if spec.gpus > 0:
+        resources.setdefault("limits", {})[settings.gpu_resource_name] = str(spec.gpus)
+    return resources
+
+
+def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str) -> dict[str, Any]:
+    spec = parsed.job.spec
+    claim_name = _existing_claim(parsed.job) or names.claim
+    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    if spec.nodes > 1:
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
+    mounts = [
+        {"name": "data", "mountPath": DATA_MOUNT},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim_name}},
+        {"name": "config", "configMap": {"name": names.config_map}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    if settings.progress_url:
+        mounts.append({"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True})
+        token = {
+            "audience": settings.progress_audience,
+            "expirationSeconds": PROGRESS_TOKEN_SECONDS,
+            "path": "token",
+        }
+        volumes.append({"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": token}]}})
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.default_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": RUNNER_COMMAND,
+        "env": _env(parsed, settings, names, namespace),
+        "ports": ports,
+        "resources": _resources(parsed, settings),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.nodes > 1:
+        pod["subdomain"] = names.service
+    optional = {
+        "serviceAccountName": spec.service_account_name,
+        "priorityClassName": spec.priority_class_name,
+        "nodeSelector": spec.node_selector,
+        "tolerations": spec.tolerations,
+        "affinity": spec.affinity,
+        "imagePullSecrets": [ref.model_dump() for ref in spec.image_pull_secrets or []] or None,
+    }
+    pod.update({key: value for key, value in optional.items() if value})
+    return pod
+
+
+def _job(
+    parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str, metadata: dict[str, Any]
+) -> Manifest:
+    spec = parsed.job.spec
+    pod_labels = labels(parsed.name, "training")
+    pod_meta: dict[str, Any] = {"labels": pod_labels}
+    if spec.pod_metadata:
+        pod_meta["labels"] = {**(spec.pod_metadata.labels or {}), **pod_labels}
+        if spec.pod_metadata.annotations:
+            pod_meta["annotations"] = dict(spec.pod_metadata.annotations)
+    if spec.queue_name:
+        metadata["labels"][QUEUE_LABEL] = spec.queue_name
+    job_spec: dict[str, Any] = {
+        # Kueue admits a queued job by unsuspending it, so it is created suspended.
+        "suspend": spec.suspend or bool(spec.queue_name),
+        "backoffLimit": spec.backoff_limit,
+        "completions": spec.nodes,
+        "parallelism": spec.nodes,
+        "completionMode": "Indexed" if spec.nodes > 1 else "NonIndexed",
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER_NAME,
+                        "operator": "In",
+                        "values": [INVALID_CONFIG_EXIT_CODE],
+                    },
+                },
+                # Eviction and preemption are not the training's fault: retry without using up backoffLimit.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": pod_meta, "spec": _pod_spec(parsed, settings, names, namespace)},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
