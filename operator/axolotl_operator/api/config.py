@@ -28,6 +28,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 UnitInterval = Annotated[float, Field(ge=0, le=1)]
 # A quantity such as "20GiB" or a byte count.
 MemorySize = int | Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B?)?$")]
+RopeType = Literal["default", "linear", "dynamic", "yarn", "longrope", "llama3"]
 HUB_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -45,8 +46,8 @@ class PassThrough(BaseModel):
 class RopeScaling(PassThrough):
     """Legacy RoPE scaling block (transformers < 5); translated to `rope_parameters`."""
 
-    type: Literal["linear", "dynamic"] | None = opt("RoPE scaling method (legacy key; becomes rope_type).")
-    rope_type: str | None = opt("RoPE scaling method, transformers 5 spelling.")
+    type: RopeType | None = opt("RoPE scaling method (legacy key; becomes rope_type).")
+    rope_type: RopeType | None = opt("RoPE scaling method, transformers 5 spelling.")
     factor: float | None = opt("RoPE scaling factor; above 1 stretches the context window.", gt=0)
 
 

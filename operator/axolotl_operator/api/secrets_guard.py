@@ -48,6 +48,8 @@ def find_inline_secrets(config: Any, env: Any, config_base: str = "spec.config")
     """Every place in the config or the extra env that holds a credential."""
     issues: list[FieldIssue] = []
     for path, key, value in _walk(config, config_base):
+        if any(path.startswith((issue.path + ".", issue.path + "[")) for issue in issues):
+            continue  # inside a block already refused as a whole
         if key.lower() in SECRET_KEY_NAMES and value not in (None, "", {}):
             issues.append(FieldIssue(path, f"'{key}' holds a credential; {FIX}"))
         elif looks_like_secret(key, value):

@@ -221,4 +221,8 @@ def _unknown_key_warnings(config: Mapping[str, Any]) -> list[FieldIssue]:
 
 
 def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
-    return list(dict.fromkeys(issues))
+    """One message per field: the compat layer's (it knows the fix) beats the schema's generic one."""
+    first: dict[str, FieldIssue] = {}
+    for issue in issues:
+        first.setdefault(issue.path, issue)
+    return list(first.values())
