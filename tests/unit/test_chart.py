@@ -1,0 +1,66 @@
+"""The Helm chart lints, renders, and grants the operator exactly what it uses."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO
+
+CHART = REPO / "charts" / "axolotl-operator"
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return subprocess.run(
+        [str(REPO / "hack" / "helm"), "--path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def template(helm: str, *values: str) -> list[dict]:
+    args = [helm, "template", "ops", str(CHART), "-n", "axolotl-system"]
+    for value in values:
+        args += ["--set", value]
+    result = subprocess.run(args, capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_chart_lints(helm):
+    result = subprocess.run([helm, "lint", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deployment_runs_one_standalone_operator(helm):
+    deployment = next(d for d in template(helm) if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["run", "--all-namespaces"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_watch_namespaces_and_settings_reach_the_operator(helm):
+    docs = template(helm, "watchNamespaces={ml,research}", "gpuResourceName=amd.com/gpu")
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    assert "--namespace=ml" in container["args"] and "--namespace=research" in container["args"]
+    assert "--all-namespaces" not in container["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["AXOLOTL_OPERATOR_GPU_RESOURCE_NAME"] == "amd.com/gpu"
+
+
+def test_role_never_reads_secrets(helm):
+    role = next(d for d in template(helm) if d["kind"] == "ClusterRole")
+    for rule in role["rules"]:
+        assert "secrets" not in rule["resources"]
+    granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert {("axolotl.ai", "axolotljobs/status"), ("batch", "jobs"), ("", "pods")} <= granted
+
+
+def test_chart_ships_the_generated_crd():
+    assert (CHART / "crds" / "axolotl.ai_axolotljobs.yaml").read_text() == (
+        REPO / "crds" / "axolotl.ai_axolotljobs.yaml"
+    ).read_text()
