@@ -58,6 +58,8 @@ def test_unknown_kubernetes_field_suggests_the_right_one():
     result = run("validate", "-", stdin=yaml.safe_dump(manifest(gpu=2)))
     assert result.returncode == 1
     assert "spec.gpu: unknown field (did you mean 'gpus'?)" in result.stderr
+    nested = run("validate", "-", stdin=yaml.safe_dump(manifest(env=[{"name": "A", "valu": "b"}])))
+    assert "spec.env[0].valu: unknown field (did you mean 'value'?)" in nested.stderr
 
 
 def test_render_prints_what_the_operator_creates():

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .compat import translate_config
 from .config import AxolotlConfig, Dataset
@@ -101,25 +101,24 @@ def _is_union_tag(part: Any) -> bool:
     )
 
 
-def _sibling_fields(loc: list[Any]) -> frozenset[str]:
-    from . import job as job_module
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `list[EnvVar] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
-    model: Any = job_module.AxolotlJob
+
+def _sibling_fields(loc: list[Any]) -> frozenset[str]:
+    """The field names allowed where an unknown field was found, for a did-you-mean hint."""
+    model: Any = AxolotlJob
     for part in loc[:-1]:
-        if not isinstance(part, str):
-            continue
-        fields = {info.alias or name: info for name, info in model.model_fields.items()}
-        info = fields.get(part)
-        annotation = getattr(info, "annotation", None)
-        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        if not inner:
-            break
-        model = inner[0]
-        if not hasattr(model, "model_fields"):
-            break
-    if not hasattr(model, "model_fields"):
-        return frozenset()
-    return frozenset(info.alias or name for name, info in model.model_fields.items())
+        if isinstance(part, int):
+            continue  # a list index: same item model
+        info = {field.alias or name: field for name, field in model.model_fields.items()}.get(part)
+        model = _model_in(info.annotation) if info else None
+        if model is None:
+            return frozenset()
+    return frozenset(field.alias or name for name, field in model.model_fields.items())
 
 
 def _cross_field_issues(job: AxolotlJob) -> list[FieldIssue]:
