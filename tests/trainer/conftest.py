@@ -1,19 +1,20 @@
-"""Shared settings for the trainer tier: everything offline, loopback only."""
+"""Fixtures for the trainer tier (helpers live in trainer_support.py)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
-# Axolotl/transformers/kernels would otherwise call the Hugging Face Hub (and telemetry) on
-# import; the tests may only talk to 127.0.0.0/8.
-for _name, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "NO_PROXY": "127.0.0.1,localhost",
-}.items():
-    os.environ[_name] = _value
+import pytest
+from trainer_support import ProgressServer, TinyModel, make_tiny_model, serve_progress
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Built once per session and shared: generating it costs seconds."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def progress_server() -> Iterator[ProgressServer]:
+    with serve_progress() as server:
+        yield server

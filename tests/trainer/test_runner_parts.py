@@ -1,0 +1,329 @@
+"""Fast tests of the runner's pure parts, the reporter thread and the image definition."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from axolotl_job_runner.checkpoints import last_checkpoint
+from axolotl_job_runner.contract import (
+    ProgressReport,
+    SummaryError,
+    TerminationSummary,
+    parse_summary,
+)
+from axolotl_job_runner.errors import extract_error
+from axolotl_job_runner.launch import PLUGIN_NAME, build_command, build_env, effective_config
+from axolotl_job_runner.metrics import render_metrics
+from axolotl_job_runner.progress import ProgressReporter
+from axolotl_job_runner.settings import SettingsError, load_settings
+from trainer_support import REPO_ROOT, serve_progress
+
+TRAINER_IMAGE = REPO_ROOT / "trainer-image"
+
+
+# ---- the termination summary contract ----
+
+
+def test_summary_is_camel_case_and_round_trips() -> None:
+    summary = TerminationSummary(
+        outcome="succeeded",
+        exit_code=0,
+        runtime_seconds=12.345,
+        final_loss=1.5,
+        steps=10,
+        total_steps=10,
+        output_dir="/workspace/data/outputs/x",
+        last_checkpoint="/workspace/data/outputs/x/checkpoint-10",
+        hub_model_id="org/model",
+    )
+    data = parse_summary(summary.encode())
+    assert data == {
+        "outcome": "succeeded",
+        "exitCode": 0,
+        "runtimeSeconds": 12.3,
+        "finalLoss": 1.5,
+        "steps": 10,
+        "totalSteps": 10,
+        "outputDir": "/workspace/data/outputs/x",
+        "lastCheckpoint": "/workspace/data/outputs/x/checkpoint-10",
+        "hubModelId": "org/model",
+    }
+
+
+def test_summary_never_exceeds_4_kib_and_keeps_the_key() -> None:
+    summary = TerminationSummary(
+        outcome="invalid_config",
+        exit_code=78,
+        runtime_seconds=1,
+        output_dir="/x" * 300,
+        error=SummaryError(message="é" * 10_000, key="load_in_4bit"),
+    )
+    data = summary.encode()
+    assert len(data) <= 4096
+    parsed = json.loads(data)
+    assert parsed["error"]["key"] == "load_in_4bit"
+    assert parsed["error"]["message"].endswith("...[truncated]")
+    assert parsed["outcome"] == "invalid_config"
+
+
+def test_summary_nan_loss_is_dropped_not_invalid_json() -> None:
+    data = TerminationSummary(
+        outcome="failed", exit_code=1, runtime_seconds=1, final_loss=float("nan")
+    ).encode()
+    assert "finalLoss" not in json.loads(data)
+
+
+@pytest.mark.parametrize("text", [None, b"", b"not json", b"[]", b'{"outcome": "exploded"}'])
+def test_parse_summary_is_tolerant(text: bytes | None) -> None:
+    assert parse_summary(text) is None
+
+
+def test_progress_payload_round_trip() -> None:
+    report = ProgressReport(step=3, total_steps=9, loss=float("inf"), job_name="j", job_namespace="ns")
+    payload = report.to_payload()
+    assert payload["loss"] is None and payload["totalSteps"] == 9 and payload["timestamp"].endswith("Z")
+    assert ProgressReport.from_payload(payload).step == 3
+
+
+# ---- settings and launching ----
+
+
+def test_settings_defaults_match_the_pod_contract() -> None:
+    settings = load_settings({}, detected_gpus=0)
+    assert str(settings.config_path) == "/src/config/config.yaml"
+    assert str(settings.base_volume) == "/workspace/data"
+    assert str(settings.termination_log) == "/dev/termination-log"
+    assert settings.metrics_port == 9402 and settings.master_port == 29500
+    assert (settings.nnodes, settings.node_rank, settings.nproc_per_node) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"NNODES": "2"},  # no MASTER_ADDR
+        {"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "a"},
+        {"NPROC_PER_NODE": "x"},
+        {"NPROC_PER_NODE": "-1"},
+    ],
+)
+def test_inconsistent_environment_is_rejected(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(env, detected_gpus=0)
+
+
+def test_cpu_pod_uses_the_python_launcher() -> None:
+    argv = build_command("/venv/bin/python", Path("/tmp/c.yaml"), load_settings({"NPROC_PER_NODE": "0"}))
+    assert argv == ["/venv/bin/python", "-m", "axolotl.cli.main", "train", "/tmp/c.yaml", "--launcher=python"]
+
+
+def test_gpu_pod_uses_accelerate_with_its_gpus() -> None:
+    argv = build_command("py", Path("c.yaml"), load_settings({"NPROC_PER_NODE": "4"}))
+    assert argv[5:] == ["--launcher=accelerate", "--", "--num_processes=4", "--num_machines=1", "--multi_gpu"]
+    single = build_command("py", Path("c.yaml"), load_settings({}, detected_gpus=1))
+    assert single[5:] == ["--launcher=accelerate", "--", "--num_processes=1", "--num_machines=1"]
+
+
+def test_multi_node_pod_uses_torchrun_with_the_rendered_rendezvous() -> None:
+    env = {
+        "NNODES": "3",
+        "NODE_RANK": "2",
+        "MASTER_ADDR": "job-0.job",
+        "MASTER_PORT": "29500",
+        "NPROC_PER_NODE": "8",
+    }
+    argv = build_command("py", Path("c.yaml"), load_settings(env))
+    assert argv[5:] == [
+        "--launcher=torchrun",
+        "--",
+        "--nnodes=3",
+        "--node_rank=2",
+        "--nproc_per_node=8",
+        "--master_addr=job-0.job",
+        "--master_port=29500",
+    ]
+
+
+def test_visible_devices_count_when_nproc_is_not_set() -> None:
+    assert load_settings({"CUDA_VISIBLE_DEVICES": "0,1"}).nproc_per_node == 2
+    assert load_settings({"CUDA_VISIBLE_DEVICES": ""}).nproc_per_node == 0
+
+
+def test_child_env_forces_no_telemetry_and_finds_the_launchers(tmp_path: Path) -> None:
+    env = build_env(
+        {"PATH": "/usr/bin", "AXOLOTL_DO_NOT_TRACK": "0"}, "/venv/bin/python", tmp_path / "s.json"
+    )
+    assert env["AXOLOTL_DO_NOT_TRACK"] == "1"
+    assert env["PATH"].split(":")[0] == "/venv/bin"
+    assert env["AXOLOTL_JOB_RUNNER_STATE_FILE"] == str(tmp_path / "s.json")
+
+
+def test_effective_config_only_adds_the_plugin_and_resume_point() -> None:
+    raw = {"base_model": "m", "plugins": ["other.Plugin"], "learning_rate": 1e-4}
+    out = effective_config(raw, "/out/checkpoint-4")
+    assert out == {
+        **raw,
+        "plugins": ["other.Plugin", PLUGIN_NAME],
+        "resume_from_checkpoint": "/out/checkpoint-4",
+    }
+    assert raw["plugins"] == ["other.Plugin"]  # not mutated
+    assert effective_config(out, None)["plugins"].count(PLUGIN_NAME) == 1
+
+
+def test_last_checkpoint_skips_torn_ones(tmp_path: Path) -> None:
+    for step, state in ((2, "{}"), (10, "{}"), (12, '{"trunc'), (14, None)):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        if state is not None:
+            (ckpt / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-final").mkdir()
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+# ---- error extraction ----
+
+
+def test_extract_error_prefers_the_real_exception_over_launcher_wrappers() -> None:
+    stderr = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1\n'
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        "Traceback (most recent call last):\n"
+        "subprocess.CalledProcessError: Command '['accelerate']' returned non-zero exit status 1.\n"
+    )
+    assert extract_error(stderr) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_extract_error_falls_back_to_error_log_lines() -> None:
+    stdout = "[2026-01-01 00:00:00,000] [ERROR] [axolotl.cli] dataset foo not found\r\nbye\n"
+    assert extract_error("", stdout) == "dataset foo not found"
+    assert extract_error("", "") is None
+
+
+# ---- metrics ----
+
+
+def test_metrics_render_the_payload_numbers() -> None:
+    state = ProgressReport(step=5, total_steps=10, loss=0.5, tokens_per_second=100.0).to_payload()
+    text = render_metrics(state, {"axolotljob": "a", "axolotljob_namespace": "b"}, "training")
+    assert 'axolotl_job_step{axolotljob="a",axolotljob_namespace="b"} 5.0' in text
+    assert 'axolotl_job_runner_phase{axolotljob="a",axolotljob_namespace="b",phase="training"} 1' in text
+    assert "axolotl_job_learning_rate" not in text  # unknown values are absent, not 0
+    assert text.endswith("\n")
+
+
+# ---- the reporter thread ----
+
+
+def test_reporter_coalesces_and_rate_limits(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    state = tmp_path / "state.json"
+    with serve_progress() as server:
+        reporter = ProgressReporter(server.url, str(token), state, interval=1.0)
+        for step in range(50):  # a burst: the first goes out at once, the rest coalesce
+            reporter.submit(ProgressReport(step=step, total_steps=100))
+        time.sleep(0.5)
+        assert len(server.received) == 1
+        time.sleep(1.0)  # the interval passed: the newest pending report (49) is sent
+        assert [r.body["step"] for r in server.received][-1] == 49
+        reporter.submit(ProgressReport(step=100, total_steps=100, final=True))
+        reporter.close()  # the final report goes out without waiting for the interval
+    steps = [r.body["step"] for r in server.received]
+    assert steps[-1] == 100 and len(steps) <= 3
+    assert all(r.authorization == "Bearer abc" for r in server.received)
+    assert json.loads(state.read_text())["step"] == 100
+
+
+def test_reporter_never_blocks_the_caller_on_a_hanging_endpoint() -> None:
+    import socket
+    import threading
+
+    accepted = threading.Event()
+    with socket.socket() as sink:  # accepts, never answers
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(8)
+        conns: list[socket.socket] = []
+
+        def accept() -> None:
+            conn, _ = sink.accept()
+            conns.append(conn)
+            accepted.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        reporter = ProgressReporter(f"http://127.0.0.1:{sink.getsockname()[1]}/", None, None, timeout=30)
+        reporter.submit(ProgressReport(step=0))
+        assert accepted.wait(10), "the reporter never connected"
+        for step in range(1, 1000):  # while that POST hangs, the training thread keeps going
+            reporter.submit(ProgressReport(step=step))
+        assert reporter.sent == 0 and reporter.failed == 0  # the POST is still in flight
+        reporter.close(timeout=0.5)  # close() is bounded too
+        assert reporter._thread.is_alive()  # still stuck in the POST, abandoned as a daemon
+        for conn in conns:
+            conn.close()
+
+
+# ---- the image definition (Docker cannot build here: check it statically) ----
+
+
+def _dockerfile() -> list[str]:
+    text = (TRAINER_IMAGE / "Dockerfile").read_text(encoding="utf-8")
+    text = re.sub(r"\\\n", " ", text)
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_dockerfile_pins_the_same_axolotl_release_as_the_extra() -> None:
+    froms = [line.split()[1] for line in _dockerfile() if line.upper().startswith("FROM ")]
+    assert len(froms) == 1
+    image, _, tag = froms[0].partition(":")
+    assert image == "axolotlai/axolotl"
+    tag = tag.split("@")[0]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"not a pinned release tag: {tag!r}"
+    pyproject = tomllib.loads((TRAINER_IMAGE / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = [
+        req for req in pyproject["project"]["optional-dependencies"]["axolotl"] if req.startswith("axolotl")
+    ]
+    assert pins == [f"axolotl=={tag}"]
+    assert tag.startswith("0.21.")
+    import axolotl
+
+    assert axolotl.__version__ == tag  # this test environment equals the image
+
+
+def test_dockerfile_installs_the_runner_and_sets_the_entrypoint() -> None:
+    lines = _dockerfile()
+    copies = " ".join(line for line in lines if line.startswith("COPY "))
+    assert "pyproject.toml" in copies and "src" in copies
+    run = " ".join(line for line in lines if line.startswith("RUN "))
+    assert "install" in run and "/opt/axolotl-job-runner" in run and "axolotl-job-runner --version" in run
+    entrypoints = [line for line in lines if line.startswith("ENTRYPOINT ")]
+    assert entrypoints == ['ENTRYPOINT ["axolotl-job-runner"]']
+    pyproject = tomllib.loads((TRAINER_IMAGE / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["scripts"] == {"axolotl-job-runner": "axolotl_job_runner.runner:main"}
+    assert pyproject["project"]["dependencies"] == ["pyyaml>=6"]
+
+
+def test_console_script_is_installed() -> None:
+    import subprocess
+
+    script = Path(sys.executable).parent / "axolotl-job-runner"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "axolotl-job-runner 0.1.0"
+
+
+def test_runner_package_stays_light() -> None:
+    """Importing the runner must not import Axolotl or torch (PID 1 stays small)."""
+    import subprocess
+
+    code = (
+        "import sys, axolotl_job_runner.runner, axolotl_job_runner.contract; "
+        "print(sorted(m for m in ('torch', 'axolotl', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,5 @@
+"""`python -m axolotl_job_runner` == `axolotl-job-runner`."""
+
+from .runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Delivering progress reports without ever slowing or failing the training.
+
+The training thread only calls `submit()`, which swaps one reference under a lock. A daemon
+thread writes the state file (read by the runner for metrics and the summary) and POSTs the
+newest report at most every 5 s, plus the final one; slow or dead endpoints only cost that
+thread its bounded timeouts, and reports that could not be sent are coalesced, not queued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .contract import PROGRESS_MIN_INTERVAL_SECONDS, ProgressReport
+
+LOG = logging.getLogger("axolotl_job_runner.progress")
+
+POST_TIMEOUT_SECONDS = 3.0  # one POST never blocks the sender longer than this
+FINAL_FLUSH_SECONDS = 8.0  # how long close() waits for the final report at most
+
+
+def read_token(path: str | None) -> str | None:
+    """The bearer token, read fresh each time because projected tokens rotate."""
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so that readers never see a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".progress-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def post_report(url: str, payload: dict[str, Any], token: str | None, timeout: float) -> int:
+    """POST one payload; returns the HTTP status (raises on transport errors)."""
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "axolotl-job-runner"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    # No proxies: the endpoint is the in-cluster operator Service.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+class ProgressReporter:
+    """Coalescing, rate-limited, background delivery of ProgressReports."""
+
+    def __init__(
+        self,
+        url: str | None,
+        token_file: str | None,
+        state_file: Path | None,
+        interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
+        timeout: float = POST_TIMEOUT_SECONDS,
+    ) -> None:
+        self.url = url if url and url.startswith(("http://", "https://")) else None
+        if url and not self.url:
+            LOG.warning("AXOLOTL_PROGRESS_URL %r is not http(s); progress will not be POSTed", url)
+        self.token_file = token_file
+        self.state_file = state_file
+        self.interval = interval
+        self.timeout = timeout
+        self.sent = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._latest: ProgressReport | None = None
+        self._unsent: ProgressReport | None = None
+        self._unwritten: ProgressReport | None = None
+        self._closing = False
+        self._last_post = float("-inf")
+        self._last_error_log = float("-inf")
+        self._thread = threading.Thread(target=self._run, name="axolotl-progress", daemon=True)
+        self._thread.start()
+
+    def submit(self, report: ProgressReport) -> None:
+        """Hand over the newest report (called on the training thread; never blocks on I/O)."""
+        with self._lock:
+            self._latest = report
+            self._unsent = report
+            self._unwritten = report
+        self._wake.set()
+
+    def close(self, timeout: float = FINAL_FLUSH_SECONDS) -> None:
+        """Send the last report now (ignoring the interval) and stop, waiting at most `timeout`."""
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _take(self) -> tuple[ProgressReport | None, ProgressReport | None, bool, bool]:
+        with self._lock:
+            closing = self._closing
+            unwritten, self._unwritten = self._unwritten, None
+            due = closing or (time.monotonic() - self._last_post) >= self.interval
+            unsent = None
+            if due and self._unsent is not None:
+                unsent, self._unsent = self._unsent, None
+            return unwritten, unsent, closing, self._unsent is not None
+
+    def _run(self) -> None:
+        while True:
+            unwritten, unsent, closing, pending = self._take()
+            if unwritten is not None and self.state_file is not None:
+                try:
+                    write_json_atomic(self.state_file, unwritten.to_payload())
+                except OSError as exc:
+                    LOG.debug("could not write progress state file: %s", exc)
+            if unsent is not None and self.url:
+                self._post(unsent)
+            if closing:
+                return
+            # with a report waiting for the interval to pass, wake up when it has
+            wait = max(0.05, self.interval - (time.monotonic() - self._last_post)) if pending else None
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _post(self, report: ProgressReport) -> None:
+        self._last_post = time.monotonic()
+        token = read_token(self.token_file)
+        if self.token_file and token is None:
+            self._log_failure(f"token file {self.token_file} is missing or empty; report skipped")
+            return
+        try:
+            assert self.url is not None
+            status = post_report(self.url, report.to_payload(), token, self.timeout)
+        except Exception as exc:  # a dead endpoint must never matter
+            self._log_failure(f"POST {self.url} failed: {exc}")
+            return
+        if 200 <= status < 300:
+            self.sent += 1
+        else:
+            self._log_failure(f"POST {self.url} answered HTTP {status}")
+
+    def _log_failure(self, message: str) -> None:
+        self.failed += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 60:  # at most one warning a minute
+            self._last_error_log = now
+            LOG.warning("progress report not delivered (%d so far): %s", self.failed, message)
