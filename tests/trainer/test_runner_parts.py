@@ -164,15 +164,20 @@ def test_child_env_forces_no_telemetry_and_finds_the_launchers(tmp_path: Path) -
 
 
 def test_effective_config_only_adds_the_plugin_and_resume_point() -> None:
-    raw = {"base_model": "m", "plugins": ["other.Plugin"], "learning_rate": 1e-4}
+    raw = {"base_model": "m", "plugins": ["other.Plugin"], "auto_resume_from_checkpoints": True}
     out = effective_config(raw, "/out/checkpoint-4")
     assert out == {
-        **raw,
+        "base_model": "m",
         "plugins": ["other.Plugin", PLUGIN_NAME],
+        "auto_resume_from_checkpoints": False,  # Axolotl's own would pick torn checkpoints
         "resume_from_checkpoint": "/out/checkpoint-4",
     }
-    assert raw["plugins"] == ["other.Plugin"]  # not mutated
+    assert raw["plugins"] == ["other.Plugin"] and raw["auto_resume_from_checkpoints"] is True  # not mutated
     assert effective_config(out, None)["plugins"].count(PLUGIN_NAME) == 1
+    fresh = effective_config({"base_model": "m"}, None)
+    assert "resume_from_checkpoint" not in fresh and fresh["auto_resume_from_checkpoints"] is False
+    explicit = effective_config({"resume_from_checkpoint": "/mine"}, "/out/checkpoint-4")
+    assert explicit == {"resume_from_checkpoint": "/mine", "plugins": [PLUGIN_NAME]}
 
 
 def test_last_checkpoint_skips_torn_ones(tmp_path: Path) -> None:

@@ -77,15 +77,20 @@ def build_env(base: Mapping[str, str], python: str, state_file: Path) -> dict[st
 def effective_config(
     raw: Mapping[str, Any], resume_from: str | None, plugin: str = PLUGIN_NAME
 ) -> dict[str, Any]:
-    """The user's config plus our progress plugin and, when resuming, the checkpoint.
+    """The user's config plus our progress plugin and the runner's resume decision.
 
-    The user's keys are never changed otherwise: what was validated is what trains.
+    Unless the user set `resume_from_checkpoint`, the runner owns resuming: it sets the checkpoint
+    it chose (a complete one) and turns Axolotl's own auto-resume off, which would otherwise pick
+    the newest checkpoint directory even when a kill left it torn. Nothing else is changed: what
+    was validated is what trains.
     """
     config = dict(raw)
     plugins = list(config.get("plugins") or [])
     if plugin not in plugins:
         plugins.append(plugin)
     config["plugins"] = plugins
-    if resume_from:
-        config["resume_from_checkpoint"] = resume_from
+    if not raw.get("resume_from_checkpoint"):
+        config["auto_resume_from_checkpoints"] = False
+        if resume_from:
+            config["resume_from_checkpoint"] = resume_from
     return config
