@@ -21,18 +21,31 @@ setup: $(VENV)/.stamp
 lint: setup
 	$(VENV)/bin/ruff check operator tests bench hack trainer-image
 
+# The CRD is generated from the models; the chart ships the same file (tests/unit/test_crd.py checks both).
 crd: setup
 	$(VENV)/bin/axolotl-operator crd > crds/axolotl.ai_axolotljobs.yaml
+	cp crds/axolotl.ai_axolotljobs.yaml charts/axolotl-operator/crds/axolotl.ai_axolotljobs.yaml
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 # --- kubeenv (tests/kubeenv, hack/kubeenv) ---
+# Binaries are cached under $(CACHE_DIR) keyed by a hash of their sources; see tests/kubeenv/README.md.
+.PHONY: kubeenv-build kubeenv-status helm
+kubeenv-build:
+	hack/kubeenv build
+
 kubeenv-up: setup
 	hack/kubeenv up
 
 kubeenv-down:
 	hack/kubeenv down
+
+kubeenv-status:
+	hack/kubeenv status
+
+helm:
+	hack/helm --path
 # --- end kubeenv ---
 
 integration: setup
