@@ -1,0 +1,187 @@
+"""A small JSON client for the few Kubernetes calls the operator makes.
+
+Why not the generated typed client: the operator works with plain manifests (what `render` returns)
+and plain dicts (what `status` reads), needs exact patch content types and resourceVersion
+preconditions, and runs the calls from Kopf's worker threads; the kubernetes package's configuration,
+authentication (incl. rotating in-cluster tokens) and connection pool are reused as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes import client, config
+
+from .api.job import GROUP, PLURAL, VERSION
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (10, 60)  # connect, read (seconds)
+EVENT_MESSAGE_LIMIT = 1024
+COMPONENT = "axolotl-operator"
+
+# apiVersion/kind -> (API prefix, plural, namespaced)
+KINDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
+    ("v1", "PersistentVolumeClaim"): ("/api/v1", "persistentvolumeclaims"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("v1", "Pod"): ("/api/v1", "pods"),
+    ("v1", "Event"): ("/api/v1", "events"),
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
+    (f"{GROUP}/{VERSION}", "AxolotlJob"): (f"/apis/{GROUP}/{VERSION}", PLURAL),
+}
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server."""
+
+    def __init__(self, status: int, reason: str, body: Any) -> None:
+        self.status = status
+        self.body = body
+        message = body.get("message") if isinstance(body, Mapping) else str(body)[:500]
+        super().__init__(f"{status} {reason}: {message}")
+
+
+def now() -> str:
+    """RFC 3339 UTC, second precision, as Kubernetes writes times."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def path_of(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str = "") -> str:
+    prefix, plural = KINDS[(api_version, kind)]
+    path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+    if name:
+        path += f"/{quote(name)}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+class Kube:
+    """Thread-safe: one urllib3 pool shared by Kopf's handler threads."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        if api_client is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = 32
+            api_client = client.ApiClient(configuration)
+        self.api = api_client
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config()
+        return cls()
+
+    # ---------------------------------------------------------------- raw
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: Mapping[str, str] | None = None,
+    ) -> Obj:
+        if query:
+            path += "?" + urlencode(query)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        _, url, headers, _, _ = self.api.param_serialize(
+            method, path, header_params=headers, auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
+        )
+        data = response.read()
+        try:
+            parsed = json.loads(data) if data else {}
+        except ValueError:
+            parsed = data.decode(errors="replace") if isinstance(data, bytes) else data
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, response.reason or "", parsed)
+        return parsed
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self.request("GET", path_of(api_version, kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # ---------------------------------------------------------------- typed helpers
+
+    def get_axolotljob(self, namespace: str, name: str) -> Obj | None:
+        return self.get(f"{GROUP}/{VERSION}", "AxolotlJob", namespace, name)
+
+    def get_job(self, namespace: str, name: str) -> Obj | None:
+        return self.get("batch/v1", "Job", namespace, name)
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        path = path_of("v1", "Pod", namespace)
+        return list(self.request("GET", path, query={"labelSelector": selector}).get("items") or [])
+
+    def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]:
+        """Create a child; (object, True) if made now, (existing object, False) on 409 AlreadyExists."""
+        meta = manifest["metadata"]
+        path = path_of(manifest["apiVersion"], manifest["kind"], meta["namespace"])
+        try:
+            return self.request("POST", path, body=manifest), True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        existing = self.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        if existing is None:  # deleted between our POST and GET: try once more
+            return self.request("POST", path, body=manifest), True
+        return existing, False
+
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str = ""
+    ) -> Obj:
+        path = path_of(api_version, kind, namespace, name, sub)
+        return self.request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH)
+
+    def patch_status(
+        self, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]
+    ) -> Obj:
+        """Merge-patch .status through the status subresource; 409 if the object changed meanwhile."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+        return self.merge_patch(f"{GROUP}/{VERSION}", "AxolotlJob", namespace, name, body, sub="status")
+
+    def event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event on the AxolotlJob (what `kubectl describe axj` shows)."""
+        meta = owner["metadata"]
+        stamp = now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": owner.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": owner.get("kind", "AxolotlJob"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason[:128],
+            "message": message[:EVENT_MESSAGE_LIMIT],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        self.request("POST", path_of("v1", "Event", meta["namespace"]), body=event)

@@ -1,0 +1,85 @@
+"""`axolotl-operator run`: configure Kopf (standalone, our annotations, timeouts) and run it until stopped.
+
+Kopf's own bookkeeping goes into `axolotl.ai/*` annotations, never into .status (our structural status
+schema would prune it) and never into spec; Kopf posts no Events of its own (ours say what happened).
+SIGTERM/SIGINT stop Kopf gracefully: watches close and running handlers finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import kopf
+
+from . import handlers, metrics
+from .api.job import GROUP
+from .kube import Kube
+from .settings import OperatorSettings
+
+FINALIZER = f"{GROUP}/finalizer"
+WATCH_SERVER_TIMEOUT = 300  # the API server closes each watch after this; Kopf re-lists and resumes
+WATCH_CLIENT_TIMEOUT = 330
+CONNECT_TIMEOUT = 10
+MAX_WORKERS = 16  # threads for the (synchronous, blocking-I/O) handlers
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    """Flags win over AXOLOTL_OPERATOR_* environment variables, which win over the defaults."""
+    return OperatorSettings.from_env(
+        default_image=getattr(args, "default_image", None),
+        gpu_resource_name=getattr(args, "gpu_resource_name", None),
+        default_storage_size=getattr(args, "default_storage_size", None),
+        default_storage_class=getattr(args, "default_storage_class", None),
+        progress_url=getattr(args, "progress_url", None),
+    )
+
+
+def configure_kopf(settings: kopf.OperatorSettings, workers: int = MAX_WORKERS) -> None:
+    """Kopf settings shared by the CLI and embedded runs."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.watching.connect_timeout = CONNECT_TIMEOUT
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = CONNECT_TIMEOUT
+    settings.execution.max_workers = workers
+    settings.batching.batch_window = 0.05
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    """Entry point of `axolotl-operator run`."""
+    verbose = bool(getattr(args, "verbose", False))
+    kopf.configure(verbose=verbose)
+    logging.getLogger("axolotl_operator").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # one "Handler ... succeeded" line per pod event is noise; failures still show
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings = settings_from_args(args)
+    handlers.install(handlers.Operator(settings, Kube.from_environment()))
+    metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
+
+    @kopf.on.startup()
+    def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+        configure_kopf(settings)
+
+    namespaces = list(getattr(args, "namespaces", None) or [])
+    logging.getLogger("axolotl_operator").info(
+        "starting: watching %s; trainer image %s; GPU resource %s",
+        ", ".join(namespaces) if namespaces else "all namespaces",
+        settings.default_image,
+        settings.gpu_resource_name,
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=getattr(args, "liveness", None) or None,
+    )
+    return 0
