@@ -238,3 +238,24 @@ def test_bound_token_passes_review_only_for_its_audience(namespace, apply_yaml, 
     kubectl("delete", "pod", "bound-to", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_for(lambda: not token_review(token, audience).get("authenticated"), timeout=90, interval=1,
              what="bound token rejected after its pod is gone")
+
+
+def test_helm_installs_and_uninstalls_a_chart(namespace, helm, kubectl, kubectl_json, tmp_path):
+    chart = tmp_path / "demo"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: demo\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+
+    def run(*args: str) -> str:
+        return subprocess.run(["helm", *args], capture_output=True, text=True, check=True).stdout
+
+    run("install", "demo", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait", "--timeout=60s")
+    assert kubectl_json("get", "configmap", "demo-cm", "-n", namespace)["data"]["greeting"] == "hi"
+    releases = json.loads(run("list", "-n", namespace, "-o", "json"))
+    assert [(r["name"], r["status"]) for r in releases] == [("demo", "deployed")]
+    run("uninstall", "demo", "-n", namespace, "--wait")
+    assert not kubectl("get", "configmap", "demo-cm", "-n", namespace, "--ignore-not-found")
