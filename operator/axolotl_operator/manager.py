@@ -51,7 +51,6 @@ def configure_kopf(settings: kopf.OperatorSettings, workers: int = MAX_WORKERS) 
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = CONNECT_TIMEOUT
     settings.execution.max_workers = workers
-    settings.batching.batch_window = 0.05
 
 
 def run_operator(args: argparse.Namespace) -> int:

@@ -172,7 +172,7 @@ def pod_failure(pod: Obj) -> tuple[str, str]:
     if term.get("reason") == "OOMKilled":
         limit = _memory_limit(pod)
         return "OOMKilled", (
-            f"the trainer in pod {name} was OOMKilled (out of host memory"
+            f"the trainer in pod {name} was OOMKilled (out of CPU memory"
             + (f", limit {limit}" if limit else "")
             + "): raise spec.resources.limits.memory, or lower micro_batch_size / sequence_len, "
             "or enable gradient_checkpointing"
