@@ -259,3 +259,45 @@ def test_helm_installs_and_uninstalls_a_chart(namespace, helm, kubectl, kubectl_
     assert [(r["name"], r["status"]) for r in releases] == [("demo", "deployed")]
     run("uninstall", "demo", "-n", namespace, "--wait")
     assert not kubectl("get", "configmap", "demo-cm", "-n", namespace, "--ignore-not-found")
+
+
+def listening_addresses(pid: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Local addresses of the TCP sockets a process listens on (from /proc, no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = str(fd.readlink()) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, size in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(local.split(":")[0])
+                # /proc prints each 32-bit word in host (little-endian) order.
+                words = [raw[i:i + 4][::-1] for i in range(0, size, 4)]
+                found.append(ipaddress.ip_address(b"".join(words)))
+    return found
+
+
+def test_control_plane_listens_on_loopback_only(kubeconfig):
+    pid = int((kubeconfig.parent / "pid").read_text())
+    addresses = listening_addresses(pid)
+    assert len(addresses) >= 3  # etcd client + peer, kube-apiserver
+    assert all(a.is_loopback for a in addresses), addresses
+
+
+def test_kubelet_traffic_goes_to_the_loopback_node_address(namespace, apply_yaml, kubectl, kubectl_json,
+                                                          wait_for):
+    apply_yaml({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                "spec": {"containers": [{"name": "main", "image": "busybox"}]}}, namespace)
+    pod = wait_for(phase_is(lambda: kubectl_json("get", "pod/web", "-n", namespace), "Running"),
+                   what="pod Running")
+    with pytest.raises(subprocess.CalledProcessError) as logs:
+        kubectl("logs", "web", "-n", namespace, "--request-timeout=20s")
+    # No kubelet API is served, but the attempt targets the node's loopback InternalIP and
+    # never resolves the node name through DNS.
+    assert f"dial tcp {pod['status']['hostIP']}:" in logs.value.stderr
+    assert ipaddress.ip_address(pod["status"]["hostIP"]) in LOOPBACK
+    assert "lookup" not in logs.value.stderr

@@ -66,6 +66,9 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, etcdURL 
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--endpoint-reconciler-type=none",
+		// Reach "kubelets" (logs, exec) by their loopback InternalIP only: the default
+		// prefers the node's Hostname, which would send a DNS query off the machine.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--enable-priority-and-fairness=false",
 	}
 	if err := fs.Parse(args); err != nil {
