@@ -151,6 +151,7 @@ class Operator:
         existing_job = self.kube.get_job(namespace, name)
         if existing_job is None and phase in TERMINAL:
             # Finished and its Job removed by ttlSecondsAfterFinished: never train again on resume.
+            log.info("%s/%s: reconciled: %s and its Job is gone; nothing to create", namespace, name, phase)
             self.refresh(namespace, name)
             return
         children = render(parsed, self.settings, namespace, owner=manifest)
@@ -172,6 +173,7 @@ class Operator:
             log.info("%s/%s: updating Job spec %s", namespace, name, updates)
             self.kube.merge_patch("batch/v1", "Job", namespace, name, {"spec": updates})
         self.refresh(namespace, name)
+        log.info("%s/%s: reconciled", namespace, name)
 
     def _adopt(self, existing: Mapping[str, Any], desired: Mapping[str, Any], uid: str) -> None:
         """An existing child is kept; one without a controller is adopted; another owner's is waited out."""

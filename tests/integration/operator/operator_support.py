@@ -1,0 +1,230 @@
+"""Helpers for the operator's integration tests (imported by the tests and by conftest.py).
+
+The generic kubectl helpers are the integration suite's own (tests/integration/conftest.py), loaded by
+path because two modules named `conftest` cannot import each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+_spec = importlib.util.spec_from_file_location(
+    "axolotl_integration_helpers", ROOT / "tests/integration/conftest.py"
+)
+assert _spec and _spec.loader
+_helpers = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _helpers
+_spec.loader.exec_module(_helpers)
+kubectl = _helpers.kubectl
+kubectl_json = _helpers.kubectl_json
+apply_yaml = _helpers.apply_yaml
+wait_for = _helpers.wait_for
+KubectlError = _helpers.KubectlError
+
+TEST_NODE_LABEL = "axolotl.ai/test-node"
+BASE_CONFIG = {
+    "base_model": "NousResearch/Llama-3.2-1B",
+    "adapter": "lora",
+    "lora_r": 8,
+    "datasets": [{"path": "teknium/GPT4-LLM-Cleaned", "type": "alpaca"}],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def operator_binary() -> str:
+    """The console script of the venv running the tests (what `make test` installs)."""
+    candidate = Path(sys.executable).parent / "axolotl-operator"
+    return str(candidate if candidate.exists() else ROOT / ".venv" / "bin" / "axolotl-operator")
+
+
+class OperatorProcess:
+    """The operator as users run it, restartable; all its output goes to one log file."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
+        self.metrics_port = 0
+        self.starts = 0
+
+    def start(self) -> None:
+        self.health_port, self.metrics_port = free_port(), free_port()
+        argv = [
+            operator_binary(),
+            "run",
+            "--all-namespaces",
+            "--liveness",
+            f"http://127.0.0.1:{self.health_port}/healthz",
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
+        with self.log_path.open("ab") as log:
+            log.write(f"\n==== start #{self.starts + 1}: {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.starts += 1
+        wait_for(self.healthy, timeout=60, interval=0.2, what="the operator's liveness endpoint")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited; log:\n{self.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure(self) -> None:
+        if not self.running():
+            self.start()
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        return self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        if self.running():
+            self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+def make_axj(
+    name: str, annotations: dict[str, str] | None = None, config: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """An AxolotlJob; ``annotations`` go to its pods (the fake kubelet's knobs)."""
+    body: dict[str, Any] = {
+        "gpus": 1,
+        "storage": {"size": "1Gi"},
+        "config": {**BASE_CONFIG, **(config or {})},
+    }
+    if annotations:
+        body["podMetadata"] = {"annotations": annotations}
+    body.update(spec)
+    return {
+        "apiVersion": "axolotl.ai/v1alpha1",
+        "kind": "AxolotlJob",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def get_axj(namespace: str, name: str) -> dict[str, Any]:
+    return kubectl_json("get", "axolotljob", name, "-n", namespace)
+
+
+def wait_phase(
+    namespace: str, name: str, phase: str, reason: str | None = None, timeout: float = 60
+) -> dict[str, Any]:
+    """Wait for status.phase (and reason); fail at once if the job reaches another final phase."""
+
+    def check() -> dict[str, Any] | None:
+        obj = get_axj(namespace, name)
+        status = obj.get("status") or {}
+        if status.get("phase") == phase and (reason is None or status.get("reason") == reason):
+            return obj
+        if status.get("phase") in {"Succeeded", "Failed"} and status.get("phase") != phase:
+            raise AssertionError(f"{name} ended {status.get('phase')}/{status.get('reason')}: {status}")
+        return None
+
+    return wait_for(
+        check, timeout=timeout, interval=0.2, what=f"{namespace}/{name} phase {phase} {reason or ''}"
+    )
+
+
+def events_of(namespace: str, name: str) -> list[dict[str, Any]]:
+    items = kubectl_json(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.kind=AxolotlJob,involvedObject.name={name}",
+    )
+    return sorted(items["items"], key=lambda e: e.get("firstTimestamp") or "")
+
+
+def children(namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
+    return kubectl_json("get", kind, "-n", namespace, "-l", f"axolotl.ai/job={name}")["items"]
+
+
+def pods_of(namespace: str, name: str) -> list[dict[str, Any]]:
+    return children(namespace, name, "pods")
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def patch_spec(namespace: str, name: str, spec: dict[str, Any]) -> str:
+    return kubectl(
+        "patch", "axolotljob", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def kubelet_reports_waiting(namespace: str, pod: dict[str, Any], reason: str, message: str) -> None:
+    """Write what a kubelet writes when the container cannot start (phase Pending, waiting state)."""
+    container = pod["spec"]["containers"][0]
+    status = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+            ],
+        }
+    }
+    kubectl(
+        "patch",
+        "pod",
+        pod["metadata"]["name"],
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
