@@ -95,6 +95,16 @@ def test_nodes_have_gpus_and_loopback_addresses(kubectl_json):
         assert not node["spec"].get("taints")
 
 
+def test_every_node_heartbeats_through_a_lease(kubectl_json):
+    # Without heartbeats the node-lifecycle controller would taint the nodes unreachable.
+    items = kubectl_json("get", "leases", "-n", "kube-node-lease")["items"]
+    leases = {lease["metadata"]["name"]: lease for lease in items}
+    for node in kubectl_json("get", "nodes")["items"]:
+        lease = leases[node["metadata"]["name"]]
+        assert lease["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
+        assert lease["spec"]["renewTime"]
+
+
 def test_crd_established_and_explained(kubectl, apply_yaml, wait_condition, wait_for):
     docs = [d for d in yaml.safe_load_all(CRD_FILE.read_text() if CRD_FILE.exists() else TEST_CRD) if d]
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
