@@ -106,14 +106,14 @@ class Operator:
             if axj is None or axj["metadata"].get("deletionTimestamp"):
                 return
             facts = self.facts(axj)
-            job, pods = None, []
+            job, pods, foreign = None, [], None
             if not facts.spec_errors:
                 job = self.kube.get_job(namespace, name)
                 if job is not None and not controlled_by(job, axj["metadata"]["uid"]):
-                    job = None  # a previous AxolotlJob's Job, about to be garbage-collected
+                    job, foreign = None, job  # a previous AxolotlJob's Job, about to be garbage-collected
                 if job is not None:
                     pods = self.kube.list_pods(namespace, f"{CONTROLLER_UID_LABEL}={job['metadata']['uid']}")
-            result = compute_status(axj, job, pods, facts, now())
+            result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign)
             if not result.changed(axj.get("status")):
                 return
             try:
@@ -194,6 +194,8 @@ class Operator:
                 )
             return
         if controller.get("uid") != uid:
+            namespace = desired["metadata"]["namespace"]
+            self.refresh(namespace, (desired["metadata"].get("labels") or {}).get(JOB_LABEL, child))
             raise kopf.TemporaryError(
                 f"{kind} {child} belongs to {controller.get('kind')} {controller.get('name')} "
                 f"(uid {controller.get('uid')}), e.g. a deleted AxolotlJob of the same name; "
@@ -264,6 +266,9 @@ def reconcile(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         metrics.reconcile_error("reconcile")
         raise
     except ApiError as exc:
+        if exc.status == 403 and "being terminated" in str(exc):
+            log.info("%s/%s: the namespace is being deleted; nothing to reconcile", namespace, name)
+            return None
         metrics.reconcile_error("reconcile")
         raise kopf.TemporaryError(f"API error while reconciling: {exc}", delay=RETRY_DELAY) from None
     return None

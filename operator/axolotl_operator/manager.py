@@ -56,10 +56,11 @@ def configure_kopf(settings: kopf.OperatorSettings, workers: int = MAX_WORKERS) 
 def run_operator(args: argparse.Namespace) -> int:
     """Entry point of `axolotl-operator run`."""
     verbose = bool(getattr(args, "verbose", False))
-    kopf.configure(verbose=verbose)
+    kopf.configure(verbose=verbose, log_prefix=True)  # "[namespace/name] ..." on per-object lines
     logging.getLogger("axolotl_operator").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:  # one "Handler ... succeeded" line per pod event is noise; failures still show
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
     settings = settings_from_args(args)
     handlers.install(handlers.Operator(settings, Kube.from_environment()))
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))

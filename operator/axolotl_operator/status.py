@@ -237,7 +237,7 @@ def pod_problem(pod: Obj, facts: JobFacts) -> tuple[str, str] | None:
 
 
 def observe(
-    previous: Obj, job: Obj | None, pods: Sequence[Obj], facts: JobFacts
+    previous: Obj, job: Obj | None, pods: Sequence[Obj], facts: JobFacts, foreign_job: Obj | None = None
 ) -> tuple[Observation, dict[str, Any] | None]:
     """The phase, reason and message, plus the runner's summary of the deciding pod (if any)."""
     if facts.spec_errors:
@@ -256,6 +256,16 @@ def observe(
         if previous.get("phase") in TERMINAL:  # the Job was deleted after finishing (TTL): keep the result
             return Observation(
                 previous["phase"], previous.get("reason") or "", previous.get("message") or ""
+            ), None
+        if foreign_job is not None:
+            refs = _get(foreign_job, "metadata", "ownerReferences", default=[])
+            owner = next((r for r in refs if r.get("controller")), {})
+            return Observation(
+                PENDING,
+                "WaitingForCleanup",
+                f"Job {_get(foreign_job, 'metadata', 'name')} still belongs to {owner.get('kind', '?')} "
+                f"uid {owner.get('uid', '?')} (a deleted job of the same name); the new Job is created once "
+                "the garbage collector has removed it",
             ), None
         return Observation(PENDING, "Creating", "creating the training Job"), None
 
@@ -432,13 +442,18 @@ def _attempts(previous: Obj, job: Obj | None, pods: Sequence[Obj]) -> int | None
     return max(int(previous.get("attempts") or 0), math.ceil(started / per_attempt))
 
 
-def compute_status(axj: Obj, job: Obj | None, pods: Sequence[Obj], facts: JobFacts, now: str) -> StatusResult:
-    """The new status of the AxolotlJob and the transitions to announce as Events."""
+def compute_status(
+    axj: Obj, job: Obj | None, pods: Sequence[Obj], facts: JobFacts, now: str, foreign_job: Obj | None = None
+) -> StatusResult:
+    """The new status of the AxolotlJob and the transitions to announce as Events.
+
+    `foreign_job`: a Job with the job's name that another (deleted) AxolotlJob still controls.
+    """
     previous: Obj = axj.get("status") or {}
     meta = axj.get("metadata") or {}
     generation = meta.get("generation")
     names = Names.of(meta.get("name", ""))
-    obs, summary = observe(previous, job, pods, facts)
+    obs, summary = observe(previous, job, pods, facts, foreign_job)
 
     if facts.spec_errors:
         created = (False, "InvalidSpec", "nothing was created: the spec is invalid")

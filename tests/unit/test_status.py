@@ -416,3 +416,15 @@ def test_facts_of_a_parsed_job():
     assert facts.hub_model_id == "me/m"
     assert facts.claim_name == "mine"
     assert (facts.gpus, facts.gpu_resource, facts.queue_name) == (2, "amd.com/gpu", "q")
+
+
+def test_a_deleted_namesakes_job_is_waited_for():
+    old = {
+        "metadata": {
+            "name": "demo",
+            "ownerReferences": [{"kind": "AxolotlJob", "uid": "old-1", "controller": True}],
+        }
+    }
+    result = compute_status(axj(), None, [], FACTS, T2, foreign_job=old)
+    assert (result.status["phase"], result.status["reason"]) == ("Pending", "WaitingForCleanup")
+    assert "old-1" in result.status["message"]

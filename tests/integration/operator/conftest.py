@@ -1,7 +1,7 @@
 """Fixtures for the operator's integration tests: the real operator process on the real control plane.
 
-- ``op``: the operator as users run it (``axolotl-operator run --all-namespaces``), one process for the
-  session with the control plane's KUBECONFIG and its log in a file, restarted when a test stopped it;
+- ``op``: the operator as users run it (``axolotl-operator run --all-namespaces``), one process per test
+  module with the control plane's KUBECONFIG and its log in a file, restarted when a test stopped it;
   ``op.restart()``, ``op.stop()`` (SIGTERM), ``op.kill()`` (SIGKILL), ``op.log()``, ``op.metrics()``.
 - ``fake_kubelet_node``: a Node that kwok does not manage; the test itself plays its kubelet (writes pod
   status exactly as a kubelet does) for states kwok cannot produce (image pull errors, a missing Secret).
@@ -22,11 +22,14 @@ import pytest
 from operator_support import TEST_NODE_LABEL, OperatorProcess, kubectl, kubectl_json, wait_for
 
 
-@pytest.fixture(scope="session")
-def operator_process(kubeenv: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+@pytest.fixture(scope="module")
+def operator_process(
+    kubeenv: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    """One operator per test module: it must not outlive these tests (other suites assume no operator)."""
     log_dir = Path(os.environ.get("AXOLOTL_OPERATOR_TEST_LOG_DIR") or tmp_path_factory.mktemp("operator"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    process = OperatorProcess(log_dir / "operator.log")
+    process = OperatorProcess(log_dir / f"{request.module.__name__}.log")
     process.start()
     yield process
     if process.running():

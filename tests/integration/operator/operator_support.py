@@ -123,11 +123,13 @@ class OperatorProcess:
 def make_axj(
     name: str, annotations: dict[str, str] | None = None, config: dict[str, Any] | None = None, **spec: Any
 ) -> dict[str, Any]:
-    """An AxolotlJob; ``annotations`` go to its pods (the fake kubelet's knobs)."""
+    """An AxolotlJob; ``annotations`` go to its pods (the fake kubelet's knobs); a None config value
+    removes that key."""
+    merged = {**BASE_CONFIG, **(config or {})}
     body: dict[str, Any] = {
         "gpus": 1,
         "storage": {"size": "1Gi"},
-        "config": {**BASE_CONFIG, **(config or {})},
+        "config": {key: value for key, value in merged.items() if value is not None},
     }
     if annotations:
         body["podMetadata"] = {"annotations": annotations}
