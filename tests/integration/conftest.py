@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -151,9 +152,26 @@ def _install_crd(path: Path) -> None:
             wait_condition(f"crd/{d['metadata']['name']}", "Established", timeout=60)
 
 
+def _put_on_path(name: str, flag: str) -> Path:
+    """Put the binary ``hack/helm <flag>`` provides on PATH as ``name``; return its path."""
+    out = subprocess.run([str(HELM), flag], capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        pytest.fail(f"hack/helm {flag} failed: {out.stderr[-2000:]}")
+    target = Path(out.stdout.strip().splitlines()[-1])
+    link_dir = target.parent / f"{name}-bin"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    link = link_dir / name
+    if not link.is_symlink():
+        link.symlink_to(target)
+    os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return link
+
+
 @pytest.fixture(scope="session")
 def kubeenv() -> Iterator[KubeEnv]:
     """Start (or reuse) the control plane once per session; stop it only if we started it."""
+    if shutil.which("kubectl") is None:  # a machine without kubectl: the one shipped with helm
+        _put_on_path("kubectl", "--kubectl-path")
     running = subprocess.run([str(KUBEENV), "status"], capture_output=True, text=True, check=False)
     started_here = running.returncode != 0
     proc = subprocess.run([str(KUBEENV), "up"], capture_output=True, text=True, timeout=3600, check=False)
@@ -230,14 +248,4 @@ def wait_condition_fixture(kubeenv: KubeEnv) -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def helm() -> Path:
     """A real helm binary (fetched once into ~/.cache/axolotl-operator/bin), also put on PATH."""
-    out = subprocess.run([str(HELM), "--path"], capture_output=True, text=True, timeout=600, check=False)
-    if out.returncode != 0:
-        pytest.fail(f"hack/helm --path failed: {out.stderr[-2000:]}")
-    path = Path(out.stdout.strip().splitlines()[-1])
-    link_dir = path.parent / "helm-bin"
-    link_dir.mkdir(parents=True, exist_ok=True)
-    link = link_dir / "helm"
-    if not link.exists():
-        link.symlink_to(path)
-    os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    return link
+    return _put_on_path("helm", "--path")
