@@ -1,0 +1,207 @@
+"""Wall time from `kubectl apply` to the Job existing and to Succeeded, for 1 job and for N at once.
+
+Runs the real operator (`axolotl-operator run`) against the local control plane (hack/kubeenv, its own
+state dir) and times with watches, so polling adds no latency:
+  t0          just before `kubectl apply -f` starts (what a user types)
+  job exists  the batch/v1 Job's ADDED event
+  succeeded   the AxolotlJob's status.phase == Succeeded event
+kwok, the fake kubelet, keeps each pod Running ~1 s (its default) before it exits 0.
+
+    .venv/bin/python bench/bench_operator.py [--single-runs 5] [--batch 20] [--batch-runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("AXOLOTL_CACHE_DIR") or Path.home() / ".cache" / "axolotl-operator")
+
+
+def manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "axolotl.ai/v1alpha1",
+        "kind": "AxolotlJob",
+        "metadata": {"name": name},
+        "spec": {
+            "gpus": 1,
+            "storage": {"size": "1Gi"},
+            "config": {
+                "base_model": "NousResearch/Llama-3.2-1B",
+                "adapter": "lora",
+                "datasets": [{"path": "teknium/GPT4-LLM-Cleaned", "type": "alpaca"}],
+            },
+        },
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kubectl(*args: str, input: str | None = None) -> str:
+    return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, check=True).stdout
+
+
+class Recorder:
+    """Watches Jobs and AxolotlJobs of one namespace and records when each name appeared/succeeded."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.job_seen: dict[str, float] = {}
+        self.succeeded: dict[str, float] = {}
+        self._watches: list[watch.Watch] = []
+        self._threads = [
+            threading.Thread(target=self._jobs, daemon=True),
+            threading.Thread(target=self._axjs, daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        for w in self._watches:
+            w.stop()
+
+    def _jobs(self) -> None:
+        w = watch.Watch()
+        self._watches.append(w)
+        for event in w.stream(client.BatchV1Api().list_namespaced_job, self.namespace, timeout_seconds=600):
+            self.job_seen.setdefault(event["object"].metadata.name, time.monotonic())
+
+    def _axjs(self) -> None:
+        w = watch.Watch()
+        self._watches.append(w)
+        api = client.CustomObjectsApi()
+        stream = w.stream(
+            api.list_namespaced_custom_object,
+            "axolotl.ai",
+            "v1alpha1",
+            self.namespace,
+            "axolotljobs",
+            timeout_seconds=600,
+        )
+        for event in stream:
+            obj = event["object"]
+            if (obj.get("status") or {}).get("phase") == "Succeeded":
+                self.succeeded.setdefault(obj["metadata"]["name"], time.monotonic())
+
+
+def run_once(count: int, timeout: float = 300) -> tuple[list[float], list[float]]:
+    """Apply `count` jobs at once; (seconds to each Job, seconds to each Succeeded)."""
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", namespace)
+    deadline = time.monotonic() + 60
+    has_sa = ["kubectl", "get", "serviceaccount", "default", "-n", namespace]
+    while subprocess.run(has_sa, capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError("default ServiceAccount")
+        time.sleep(0.1)
+    recorder = Recorder(namespace)
+    recorder.start()
+    time.sleep(0.5)  # let the watches open before t0
+    docs = "\n---\n".join(json.dumps(manifest(f"job-{i:02d}")) for i in range(count))
+    t0 = time.monotonic()
+    kubectl("apply", "-n", namespace, "-f", "-", input=docs)
+    deadline = t0 + timeout
+    while len(recorder.succeeded) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(recorder.succeeded)}/{count} Succeeded after {timeout}s")
+        time.sleep(0.05)
+    recorder.stop()
+    kubectl("delete", "namespace", namespace, "--wait=false")
+    return [t - t0 for t in recorder.job_seen.values()], [t - t0 for t in recorder.succeeded.values()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--single-runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--batch-runs", type=int, default=3)
+    args = parser.parse_args()
+
+    env = dict(
+        os.environ, KUBEENV_STATE_DIR=os.environ.get("KUBEENV_STATE_DIR", str(CACHE / "bench-kubeenv"))
+    )
+    started = (
+        subprocess.run([str(ROOT / "hack/kubeenv"), "status"], env=env, capture_output=True).returncode != 0
+    )
+    up = subprocess.run(
+        [str(ROOT / "hack/kubeenv"), "up"], env=env, capture_output=True, text=True, check=True
+    )
+    os.environ["KUBECONFIG"] = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    config.load_kube_config()
+    kubectl("apply", "-f", str(ROOT / "crds/axolotl.ai_axolotljobs.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/axolotljobs.axolotl.ai")
+    health = free_port()
+    log = open(CACHE / "bench-operator.log", "wb")  # noqa: SIM115 - closed below
+    operator = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "axolotl-operator"),
+            "run",
+            "--all-namespaces",
+            "--liveness",
+            f"http://127.0.0.1:{health}/healthz",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        run_once(1)  # warm-up (first watch lists, connection pools)
+        single = [run_once(1) for _ in range(args.single_runs)]
+        batch = [run_once(args.batch) for _ in range(args.batch_runs)]
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        operator.wait(timeout=60)
+        log.close()
+        if started:
+            subprocess.run([str(ROOT / "hack/kubeenv"), "down"], env=env, capture_output=True)
+
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}s"
+
+    print(f"1 job, {args.single_runs} runs (median):")
+    print(f"  apply -> Job exists : {med([j[0] for j, _ in single])}")
+    print(f"  apply -> Succeeded  : {med([s[0] for _, s in single])}")
+    print(f"{args.batch} jobs at once, {args.batch_runs} runs (median over runs):")
+    print(
+        f"  apply -> all {args.batch} Jobs exist : {med([max(j) for j, _ in batch])}"
+        f"  (per job median {med([statistics.median(j) for j, _ in batch])})"
+    )
+    print(
+        f"  apply -> all {args.batch} Succeeded  : {med([max(s) for _, s in batch])}"
+        f"  (per job median {med([statistics.median(s) for _, s in batch])})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
