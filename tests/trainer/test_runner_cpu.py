@@ -264,3 +264,20 @@ def test_sigterm_is_forwarded_and_reported(tiny_model: TinyModel, tmp_path: Path
     child = int(re.search(r"started child pid (\d+)", launched).group(1))  # type: ignore[union-attr]
     with pytest.raises(ProcessLookupError):  # nothing of the training process group survived
         os.killpg(child, 0)
+
+
+def test_training_failure_reports_the_real_error(tiny_model: TinyModel, tmp_path: Path) -> None:
+    # Valid for Axolotl's validator, but the dataset file does not exist: fails at load time.
+    missing = tmp_path / "missing.jsonl"
+    config = cpu_lora_config(
+        tiny_model, tmp_path, datasets=[{"path": str(missing), "ds_type": "json", "type": "alpaca"}]
+    )
+    result = run_runner(tmp_path, runner_env(tmp_path, config))
+
+    assert result.returncode == 1, _tail(result.output)
+    assert len(result.summary_bytes) <= TERMINATION_MESSAGE_MAX_BYTES
+    summary = result.summary
+    assert summary["outcome"] == "failed" and summary["exitCode"] == 1
+    assert summary["error"]["message"].startswith("ValueError: ")  # the cause, not a launcher wrapper
+    assert str(missing) in summary["error"]["message"]
+    assert "key" not in summary["error"]

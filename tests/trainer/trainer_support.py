@@ -67,12 +67,17 @@ class TinyModel:
     data_file: Path
 
 
-def make_tiny_model(root: Path) -> TinyModel:
-    """A 2-layer Llama with a BPE tokenizer trained on the test corpus (no download)."""
+def make_tiny_model(root: Path, hidden_size: int = 32, layers: int = 2) -> TinyModel:
+    """A small Llama with a BPE tokenizer trained on the test corpus (no download).
+
+    The defaults (2 layers, hidden 32, ~48k parameters) are for the CPU tests; the GPU benchmark
+    passes larger sizes.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     rows = []
     for i in range(64):
@@ -110,10 +115,10 @@ def make_tiny_model(root: Path) -> TinyModel:
     fast.save_pretrained(model_dir)
     config = LlamaConfig(
         vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=max(2, hidden_size // 64),
         num_key_value_heads=1,
         max_position_embeddings=256,
         bos_token_id=1,
