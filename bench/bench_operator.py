@@ -131,6 +131,42 @@ def run_once(count: int, timeout: float = 300) -> tuple[list[float], list[float]
     return [t - t0 for t in recorder.job_seen.values()], [t - t0 for t in recorder.succeeded.values()]
 
 
+def measure(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """Start the operator on the running control plane and time the runs."""
+    config.load_kube_config(config_file=os.environ["KUBECONFIG"])
+    kubectl("apply", "-f", str(ROOT / "crds/axolotl.ai_axolotljobs.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/axolotljobs.axolotl.ai")
+    health = free_port()
+    with (CACHE / "bench-operator.log").open("wb") as log:
+        operator = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "axolotl-operator"),
+                "run",
+                "--all-namespaces",
+                "--liveness",
+                f"http://127.0.0.1:{health}/healthz",
+                "--metrics-port",
+                "0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            run_once(1)  # warm-up (first watch lists, connection pools)
+            single = [run_once(1) for _ in range(args.single_runs)]
+            batch = [run_once(args.batch) for _ in range(args.batch_runs)]
+        finally:
+            operator.send_signal(signal.SIGTERM)
+            operator.wait(timeout=60)
+    return single, batch
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,38 +186,9 @@ def main() -> int:
         [str(ROOT / "hack/kubeenv"), "up"], env=env, capture_output=True, text=True, check=True
     )
     os.environ["KUBECONFIG"] = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
-    config.load_kube_config()
-    kubectl("apply", "-f", str(ROOT / "crds/axolotl.ai_axolotljobs.yaml"))
-    kubectl("wait", "--for=condition=Established", "crd/axolotljobs.axolotl.ai")
-    health = free_port()
-    log = open(CACHE / "bench-operator.log", "wb")  # noqa: SIM115 - closed below
-    operator = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "axolotl-operator"),
-            "run",
-            "--all-namespaces",
-            "--liveness",
-            f"http://127.0.0.1:{health}/healthz",
-            "--metrics-port",
-            "0",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        run_once(1)  # warm-up (first watch lists, connection pools)
-        single = [run_once(1) for _ in range(args.single_runs)]
-        batch = [run_once(args.batch) for _ in range(args.batch_runs)]
+        single, batch = measure(args)
     finally:
-        operator.send_signal(signal.SIGTERM)
-        operator.wait(timeout=60)
-        log.close()
         if started:
             subprocess.run([str(ROOT / "hack/kubeenv"), "down"], env=env, capture_output=True)
 

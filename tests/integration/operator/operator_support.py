@@ -55,8 +55,9 @@ def operator_binary() -> str:
 class OperatorProcess:
     """The operator as users run it, restartable; all its output goes to one log file."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, scope: tuple[str, ...] = ("--all-namespaces",)) -> None:
         self.log_path = log_path
+        self.scope = scope
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -67,7 +68,7 @@ class OperatorProcess:
         argv = [
             operator_binary(),
             "run",
-            "--all-namespaces",
+            *self.scope,
             "--liveness",
             f"http://127.0.0.1:{self.health_port}/healthz",
             "--metrics-port",

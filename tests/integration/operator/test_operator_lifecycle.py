@@ -6,6 +6,7 @@ import pytest
 import yaml
 from operator_support import (
     ROOT,
+    OperatorProcess,
     apply_yaml,
     children,
     condition,
@@ -225,3 +226,25 @@ def test_deadline_and_ttl_changes_apply_but_config_is_immutable(op, namespace):
     assert (obj["status"]["phase"], obj["status"]["reason"]) == ("Failed", "DeadlineExceeded")
     assert condition(obj, "Created")["reason"] == "JobDeleted"
     assert not children(namespace, "limits", "jobs")
+
+
+def test_namespaced_operator_leaves_other_namespaces_alone(op, namespace, tmp_path):
+    other = f"{namespace[:50]}-other"
+    kubectl("create", "namespace", other)
+    try:
+        op.stop()
+        scoped = OperatorProcess(tmp_path / "scoped.log", scope=("--namespace", namespace))
+        scoped.start()
+        try:
+            wait_for(
+                lambda: kubectl("get", "serviceaccount", "default", "-n", other, "-o", "name"), timeout=60
+            )
+            apply_yaml(make_axj("outside"), other)  # first, so it would be handled first if watched
+            apply_yaml(make_axj("inside"), namespace)
+            wait_phase(namespace, "inside", "Succeeded")
+            assert "status" not in kubectl_json("get", "axolotljob", "outside", "-n", other)
+            assert kubectl_json("get", "jobs", "-n", other)["items"] == []
+        finally:
+            assert scoped.stop() == 0
+    finally:
+        kubectl("delete", "namespace", other, "--wait=false", check=False)
