@@ -48,7 +48,8 @@ helm:
 	hack/helm --path
 # --- end kubeenv ---
 
-integration: setup
+# Build (or reuse) the control plane first, so a cold build never runs inside a pytest timeout.
+integration: setup kubeenv-build
 	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
 
 # --- trainer tier (trainer-image/, tests/trainer) ---
