@@ -13,7 +13,7 @@ kwok, the fake kubelet, keeps each pod Running ~1 s (its default) before it exit
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import signal
 import socket
@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,10 @@ def free_port() -> int:
 
 
 def kubectl(*args: str, input: str | None = None) -> str:
-    return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 class Recorder:
@@ -82,12 +86,20 @@ class Recorder:
             w.stop()
 
     def _jobs(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends with the control plane; nothing to report
+            self._watch_jobs()
+
+    def _axjs(self) -> None:
+        with contextlib.suppress(Exception):
+            self._watch_axjs()
+
+    def _watch_jobs(self) -> None:
         w = watch.Watch()
         self._watches.append(w)
         for event in w.stream(client.BatchV1Api().list_namespaced_job, self.namespace, timeout_seconds=600):
             self.job_seen.setdefault(event["object"].metadata.name, time.monotonic())
 
-    def _axjs(self) -> None:
+    def _watch_axjs(self) -> None:
         w = watch.Watch()
         self._watches.append(w)
         api = client.CustomObjectsApi()
@@ -118,7 +130,7 @@ def run_once(count: int, timeout: float = 300) -> tuple[list[float], list[float]
     recorder = Recorder(namespace)
     recorder.start()
     time.sleep(0.5)  # let the watches open before t0
-    docs = "\n---\n".join(json.dumps(manifest(f"job-{i:02d}")) for i in range(count))
+    docs = yaml.safe_dump_all([manifest(f"job-{i:02d}") for i in range(count)])
     t0 = time.monotonic()
     kubectl("apply", "-n", namespace, "-f", "-", input=docs)
     deadline = t0 + timeout

@@ -178,6 +178,16 @@ def events_of(namespace: str, name: str) -> list[dict[str, Any]]:
     return sorted(items["items"], key=lambda e: e.get("firstTimestamp") or "")
 
 
+def wait_events(namespace: str, name: str, *reasons: str, timeout: float = 30) -> list[str]:
+    """Wait until the AxolotlJob has Events with all these reasons; return all reasons (unordered)."""
+
+    def check() -> list[str] | None:
+        found = [e["reason"] for e in events_of(namespace, name)]
+        return found if all(r in found for r in reasons) else None
+
+    return wait_for(check, timeout=timeout, interval=0.2, what=f"events {reasons} on {name}")
+
+
 def children(namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
     return kubectl_json("get", kind, "-n", namespace, "-l", f"axolotl.ai/job={name}")["items"]
 

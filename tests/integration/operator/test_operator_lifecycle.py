@@ -10,13 +10,13 @@ from operator_support import (
     apply_yaml,
     children,
     condition,
-    events_of,
     get_axj,
     kubectl,
     kubectl_json,
     make_axj,
     patch_spec,
     pods_of,
+    wait_events,
     wait_for,
     wait_phase,
 )
@@ -78,8 +78,7 @@ def test_quickstart_creates_owned_children_and_succeeds(op, namespace):
     assert all(not key.startswith("kopf.zalando.org") for key in meta.get("annotations", {}))
     assert "axolotl.ai/last-handled-configuration" in meta["annotations"]
 
-    reasons = [e["reason"] for e in events_of(namespace, "quickstart")]
-    assert "Training" in reasons and reasons[-1] == "Succeeded"
+    wait_events(namespace, "quickstart", "Training", "Succeeded")
     assert 'axolotl_operator_jobs{phase="Succeeded"}' in op.metrics()
     assert "axolotl_operator_transitions_total" in op.metrics()
 
@@ -181,8 +180,8 @@ def test_suspend_and_resume(op, namespace):
         "kwok.axolotl.ai/hold-",
     )
     obj = wait_phase(namespace, "pausable", "Succeeded")
-    reasons = [e["reason"] for e in events_of(namespace, "pausable")]
-    assert reasons.count("Suspended") == 1 and reasons[-1] == "Succeeded"
+    reasons = wait_events(namespace, "pausable", "Suspended", "Succeeded")
+    assert reasons.count("Suspended") == 1 and reasons.count("Succeeded") == 1
 
 
 def test_queue_name_creates_a_suspended_job_for_kueue(op, namespace):
