@@ -51,7 +51,8 @@ def main() -> None:
         rendered = median_us(lambda p=parsed: render(p, settings, "ml").manifests(), args.rounds)
         print(f"  {name:<16} parse_job {parse:8.0f} us   render {rendered:6.0f} us")
     print(f"  crd generation {median_us(crd_yaml, 20) / 1000:8.1f} ms")
-    cli = [sys.executable, "-m", "axolotl_operator.cli", "validate", str(REPO / "examples" / "quickstart.yaml")]
+    quickstart = str(REPO / "examples" / "quickstart.yaml")
+    cli = [sys.executable, "-m", "axolotl_operator.cli", "validate", quickstart]
     startup = median_us(lambda: subprocess.run(cli, capture_output=True, check=True), 10)
     print(f"  CLI validate (process start to exit) {startup / 1000:8.1f} ms")
 
