@@ -37,12 +37,11 @@ CONFLICT_RETRIES = 8
 
 @dataclass
 class _Slot:
-    """Per-AxolotlJob serialisation and coalescing of status refreshes."""
+    """Per-AxolotlJob coalescing of status refreshes: one runs at a time, requests meanwhile set `dirty`."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
     mutex: threading.Lock = field(default_factory=threading.Lock)
-    requested: int = 0
-    done: int = 0
+    running: bool = False
+    dirty: bool = False
 
 
 class Operator:
@@ -77,24 +76,29 @@ class Operator:
     # ---------------------------------------------------------------- status
 
     def refresh(self, namespace: str, name: str) -> None:
-        """Recompute and write the status; concurrent requests for one job coalesce into one read."""
+        """Recompute and write the status. Never blocks on another refresh of the same job: if one is
+        running, it is told to read again when done (so a burst of pod events costs one or two reads
+        and no handler thread waits)."""
         with self._guard:
             slot = self._slots.setdefault((namespace, name), _Slot())
         with slot.mutex:
-            slot.requested += 1
-            ticket = slot.requested
-        with slot.lock:
-            with slot.mutex:
-                if slot.done >= ticket:  # a refresh that started after this request has run
-                    return
-                covers = slot.requested
-            try:
+            slot.dirty = True
+            if slot.running:
+                return
+            slot.running = True
+        try:
+            while True:
+                with slot.mutex:
+                    if not slot.dirty:
+                        slot.running = False
+                        return
+                    slot.dirty = False
                 self._refresh_now(namespace, name)
-            except Exception:
-                metrics.reconcile_error("status")
-                raise
+        except Exception:
             with slot.mutex:
-                slot.done = covers
+                slot.running = False
+            metrics.reconcile_error("status")
+            raise
 
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
