@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 CACHE_DIR ?= $(HOME)/.cache/axolotl-operator
-# The trainer tier needs Python >= 3.12 (Axolotl 0.21); pyenv's 3.12 is used when no python3.12 is on PATH.
-TRAINER_PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $(HOME)/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
+# The trainer tier needs Python >= 3.12 (Axolotl 0.21). pyenv's shims may point at an inactive version,
+# so pyenv's own 3.12+ installs come first; hack/trainer-venv checks whatever is chosen.
+TRAINER_PYTHON ?= $(shell ls -d $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -V | head -1 || command -v python3.12)
 TRAINER_VENV ?= $(CACHE_DIR)/trainer-venv
 PYTEST_ARGS ?=
 
@@ -56,7 +57,8 @@ integration: setup kubeenv-build
 trainer-setup:
 	hack/trainer-venv "$(TRAINER_PYTHON)" "$(TRAINER_VENV)"
 
-trainer-test: trainer-setup
+# setup too: the examples test renders them with the operator's CLI from .venv.
+trainer-test: setup trainer-setup
 	$(TRAINER_VENV)/bin/python -m pytest -q tests/trainer $(PYTEST_ARGS)
 # --- end trainer tier ---
 

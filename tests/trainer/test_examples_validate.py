@@ -18,13 +18,15 @@ from trainer_support import REPO_ROOT
 
 OPERATOR_CLI = REPO_ROOT / ".venv" / "bin" / "axolotl-operator"
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+AKASH = REPO_ROOT / "examples" / "akash" / "quickstart.yaml"  # a native config: converted first
 MOUNT = "/src/config/"
 
 
-def render_config_map(example: Path) -> dict[str, str]:
+def render_config_map(example: Path, stdin: str | None = None) -> dict[str, str]:
     assert OPERATOR_CLI.exists(), f"{OPERATOR_CLI} is missing: run `make setup` first"
     result = subprocess.run(
-        [str(OPERATOR_CLI), "render", str(example)],
+        [str(OPERATOR_CLI), "render", "-" if stdin is not None else str(example)],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -52,9 +54,22 @@ def test_there_are_examples() -> None:
     assert len(EXAMPLES) >= 3, EXAMPLES
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def converted(native_config: Path) -> str:
+    """`axolotl-operator convert` of a native Axolotl config, as the README shows it."""
+    result = subprocess.run(
+        [str(OPERATOR_CLI), "convert", str(native_config), "--name", native_config.stem],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=REPO_ROOT,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("example", [*EXAMPLES, AKASH], ids=[p.stem for p in EXAMPLES] + ["akash-converted"])
 def test_rendered_example_passes_axolotls_validator(example: Path, tmp_path: Path) -> None:
-    data = render_config_map(example)
+    data = render_config_map(example, stdin=converted(example) if example == AKASH else None)
     for name, text in data.items():  # what the ConfigMap volume mounts at /src/config
         (tmp_path / name).write_text(text, encoding="utf-8")
     raw = yaml.safe_load(data["config.yaml"])
