@@ -63,7 +63,8 @@ class OperatorProcess:
         self.metrics_port = 0
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the process; with `wait`, return once its liveness endpoint answers."""
         self.health_port, self.metrics_port = free_port(), free_port()
         argv = [
             operator_binary(),
@@ -79,7 +80,8 @@ class OperatorProcess:
             log.flush()
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         self.starts += 1
-        wait_for(self.healthy, timeout=60, interval=0.2, what="the operator's liveness endpoint")
+        if wait:
+            wait_for(self.healthy, timeout=60, interval=0.2, what="the operator's liveness endpoint")
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:

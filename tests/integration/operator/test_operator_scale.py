@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -52,14 +53,14 @@ def test_twenty_jobs_at_once_all_succeed(op, namespace):
 
 
 def test_sigkill_while_creating_twenty_jobs_then_restart_converges(op, namespace):
+    # The 20 jobs wait for the operator, which is killed as soon as its log shows the first child made:
+    # in the middle of creating the 20 x 3 children (kubectl is too slow to catch that moment).
+    op.stop()
     apply_yaml([make_axj(f"kill-{i:02d}") for i in range(COUNT)], namespace)
-    # Kill as soon as the operator has started creating children, i.e. in the middle of its work.
-    wait_for(
-        lambda: kubectl("get", "configmaps", "-n", namespace, "-l", "axolotl.ai/job", "-o", "name"),
-        timeout=60,
-        interval=0.05,
-        what="the first child",
-    )
+    offset = len(op.log())
+    first_child = re.compile(rf"{re.escape(namespace)}/kill-\d+: created ")
+    op.start(wait=False)
+    wait_for(lambda: first_child.search(op.log(), offset), timeout=60, interval=0.005, what="the first child")
     assert op.kill() == -9
     made = len(kubectl("get", "jobs", "-n", namespace, "-o", "name").split())
     assert made < COUNT, "the operator finished before it was killed; the test proves nothing"
