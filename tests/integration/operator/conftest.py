@@ -77,6 +77,18 @@ def fake_kubelet_node() -> Iterator[dict[str, Any]]:
         }
     }
     kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    # A kubelet's heartbeat: without a fresh Lease the node controller would soon mark the node NotReady.
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": 600,
+            "renewTime": stamp.replace("Z", ".000000Z"),
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(lease))
 
     def schedulable() -> bool:
         taints = kubectl_json("get", "node", name).get("spec", {}).get("taints") or []
@@ -89,3 +101,4 @@ def fake_kubelet_node() -> Iterator[dict[str, Any]]:
         "tolerations": [{"key": TEST_NODE_LABEL, "operator": "Equal", "value": name, "effect": "NoSchedule"}],
     }
     kubectl("delete", "node", name, "--wait=false", "--ignore-not-found", check=False)
+    kubectl("delete", "lease", name, "-n", "kube-node-lease", "--ignore-not-found", check=False)
