@@ -412,9 +412,13 @@ def _conditions(
         # Ready/Stalled are what Flux (kstatus) and Argo CD read: current only when succeeded.
         "Ready": (obs.phase == SUCCEEDED, obs.reason, obs.message),
         "Stalled": (obs.phase == FAILED, obs.reason, obs.message if obs.phase == FAILED else ""),
+        # kstatus' InProgress signal; written only if the API lists it in CONDITION_TYPES.
+        "Reconciling": (obs.phase in {PENDING, RUNNING}, obs.reason, ""),
     }
     result = []
     for type_ in CONDITION_TYPES:
+        if type_ not in truth:
+            continue
         value, reason, message = truth[type_]
         status = "True" if value else "False"
         old = before.get(type_) or {}
