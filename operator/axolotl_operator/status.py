@@ -78,11 +78,16 @@ class StatusResult:
     def changed(self, previous: Obj | None) -> bool:
         """Whether writing this status would change anything the operator owns."""
         previous = previous or {}
-        return any(previous.get(key) != self.status.get(key) for key in OWNED_FIELDS)
+        extra = ("progress",) if "progress" in self.status else ()
+        return any(previous.get(key) != self.status.get(key) for key in (*OWNED_FIELDS, *extra))
 
     def patch(self) -> dict[str, Any]:
-        """A JSON merge patch body for .status: owned fields, None deletes."""
-        return {key: self.status.get(key) for key in OWNED_FIELDS}
+        """A JSON merge patch body for .status: owned fields, None deletes. `progress` belongs to the
+        trainer's live reports and is only written with the final numbers of a finished run."""
+        patch = {key: self.status.get(key) for key in OWNED_FIELDS}
+        if "progress" in self.status:
+            patch["progress"] = self.status["progress"]
+        return patch
 
 
 @dataclass(frozen=True)
@@ -490,8 +495,29 @@ def compute_status(
         status["completionTime"] = (
             previous.get("completionTime") if previous.get("phase") == obs.phase else None
         ) or _completion_time(job, now)
+        status["progress"] = _final_progress(previous, summary, obs.phase, status["completionTime"])
     status = {key: value for key, value in status.items() if value is not None}
     return StatusResult(status=status, transitions=tuple(_transitions(previous, obs, facts)))
+
+
+def _final_progress(
+    previous: Obj, summary: dict[str, Any] | None, phase: str, finished: str
+) -> dict[str, Any] | None:
+    """The runner's final numbers (steps, loss) as progress, so `kubectl get axj` shows how it ended."""
+    if not summary or not isinstance(summary.get("steps"), int):
+        return None
+    progress = dict(previous.get("progress") or {})
+    steps, total = summary["steps"], summary.get("totalSteps")
+    progress["step"] = steps
+    if isinstance(total, int) and total > 0:
+        progress["totalSteps"] = total
+        progress["percent"] = min(100, steps * 100 // total)
+    if isinstance(summary.get("finalLoss"), int | float):
+        progress["loss"] = summary["finalLoss"]
+    if phase == SUCCEEDED:
+        progress["etaSeconds"] = 0
+    progress["updatedAt"] = finished
+    return progress
 
 
 def _completion_time(job: Obj | None, now: str) -> str:

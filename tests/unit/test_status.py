@@ -172,6 +172,15 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
         "lastCheckpoint": "/workspace/data/out/checkpoint-500",
     }
     assert status["completionTime"] == T1
+    assert status["progress"] == {
+        "step": 500,
+        "totalSteps": 500,
+        "percent": 100,
+        "loss": 1.2345,
+        "etaSeconds": 0,
+        "updatedAt": T1,
+    }
+    assert result.patch()["progress"] == status["progress"]
     assert cond(result, "Ready")["status"] == "True"
     assert cond(result, "Succeeded")["status"] == "True"
     assert cond(result, "Stalled")["status"] == "False"
@@ -428,3 +437,16 @@ def test_a_deleted_namesakes_job_is_waited_for():
     result = compute_status(axj(), None, [], FACTS, T2, foreign_job=old)
     assert (result.status["phase"], result.status["reason"]) == ("Pending", "WaitingForCleanup")
     assert "old-1" in result.status["message"]
+
+
+def test_failed_run_keeps_live_progress_and_adds_the_final_numbers():
+    text = summary(steps=120, totalSteps=500, finalLoss=2.5, error={"message": "boom"})
+    previous = {"phase": "Running", "progress": {"step": 110, "totalSteps": 500, "tokensPerSecond": 900.0}}
+    result = run(
+        job(("Failed", "BackoffLimitExceeded", ""), failed=1),
+        [pod("Failed", state=terminated(1, text))],
+        previous=previous,
+    )
+    progress = result.status["progress"]
+    assert (progress["step"], progress["percent"], progress["loss"]) == (120, 24, 2.5)
+    assert progress["tokensPerSecond"] == 900.0 and "etaSeconds" not in progress

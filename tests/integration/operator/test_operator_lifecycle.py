@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from operator_support import (
@@ -247,3 +249,29 @@ def test_namespaced_operator_leaves_other_namespaces_alone(op, namespace, tmp_pa
             assert scoped.stop() == 0
     finally:
         kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_runner_summary_fills_outputs_and_final_progress(op, namespace):
+    summary = {
+        "outcome": "succeeded",
+        "exitCode": 0,
+        "runtimeSeconds": 812.4,
+        "finalLoss": 0.8731,
+        "steps": 500,
+        "totalSteps": 500,
+        "outputDir": "/workspace/data/outputs/summarised",
+        "lastCheckpoint": "/workspace/data/outputs/summarised/checkpoint-500",
+        "hubModelId": "me/tuned",
+    }
+    knobs = {"kwok.axolotl.ai/termination-message": json.dumps(summary), "kwok.axolotl.ai/run-seconds": "0"}
+    apply_yaml(make_axj("summarised", knobs), namespace)
+    status = wait_phase(namespace, "summarised", "Succeeded")["status"]
+    assert "500/500 steps" in status["message"] and "final loss 0.8731" in status["message"]
+    assert status["outputs"] == {
+        "outputDir": summary["outputDir"],
+        "lastCheckpoint": summary["lastCheckpoint"],
+        "hubModelId": "me/tuned",
+    }
+    assert (status["progress"]["percent"], status["progress"]["loss"]) == (100, 0.8731)
+    row = kubectl("get", "axolotljob", "summarised", "-n", namespace, "--no-headers").split()
+    assert "100" in row and "0.8731" in row  # the printer columns PROGRESS and LOSS
