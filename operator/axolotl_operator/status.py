@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api.job import CONDITION_TYPES
+from .api.secrets_guard import redact
 from .render import CONTAINER_NAME, INVALID_CONFIG_EXIT_CODE, Names
 
 Obj = Mapping[str, Any]
@@ -139,13 +140,14 @@ def parse_summary(text: str | None) -> dict[str, Any] | None:
 
 def _tail(text: str, limit: int = MAX_DETAIL) -> str:
     """The end of a log (where the error is), on one line."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in redact(text).strip().splitlines() if line.strip()]
     joined = " | ".join(lines[-8:])
     return joined if len(joined) <= limit else "..." + joined[-limit:]
 
 
 def _clip(text: str, limit: int = MAX_DETAIL) -> str:
-    text = " ".join(text.split())
+    """One line, token-looking strings masked, at most `limit` characters: fit for status and Events."""
+    text = " ".join(redact(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -58,3 +58,12 @@ def test_secret_references_are_fine():
     env = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
     parsed = parse_job(manifest(secrets=secrets, env=env))
     assert parsed.job.spec.secrets.hf_token.name == "hf"
+
+
+def test_redact_masks_tokens_in_text_the_operator_repeats():
+    from axolotl_operator.api.secrets_guard import redact
+
+    log = f"Traceback ...\nHTTPError 401 for token {HF} (wandb key {WANDB})\nstep 3 loss 1.2"
+    masked = redact(log)
+    assert HF not in masked and WANDB not in masked
+    assert masked.count("[redacted]") == 2 and "step 3 loss 1.2" in masked

@@ -450,3 +450,28 @@ def test_failed_run_keeps_live_progress_and_adds_the_final_numbers():
     progress = result.status["progress"]
     assert (progress["step"], progress["percent"], progress["loss"]) == (120, 24, 2.5)
     assert progress["tokensPerSecond"] == 900.0 and "etaSeconds" not in progress
+
+
+def test_kstatus_conditions_follow_the_phase():
+    """Flux's kstatus: Reconciling while in progress, Ready when done, Stalled when failed."""
+    running = run(job(active=1), [pod()])
+    assert [cond(running, t)["status"] for t in ("Reconciling", "Ready", "Stalled")] == [
+        "True",
+        "False",
+        "False",
+    ]
+    failed = run(
+        job(("Failed", "True", "BackoffLimitExceeded")), [pod("Failed", state=terminated(1, "boom"))]
+    )
+    assert [cond(failed, t)["status"] for t in ("Reconciling", "Ready", "Stalled")] == [
+        "False",
+        "False",
+        "True",
+    ]
+
+
+def test_a_token_in_the_trainer_log_is_not_repeated():
+    token = "hf_" + "Q" * 34
+    text = f"Traceback (most recent call last):\nOSError: 401 Client Error for token {token}"
+    _, message = pod_failure(pod("Failed", state=terminated(1, text)))
+    assert token not in message and "[redacted]" in message and "401 Client Error" in message

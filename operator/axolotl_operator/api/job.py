@@ -147,13 +147,26 @@ class AxolotlJob(BaseModel):
 # --- status (written by the operator only) ---
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Stalled")
+# Ready/Stalled/Reconciling are the kstatus conventions, so Flux and Argo CD read a job's health correctly.
+CONDITION_TYPES = (
+    "Created",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+    "Ready",
+    "Stalled",
+    "Reconciling",
+)
 
 
 class Condition(KubeModel):
     """A metav1.Condition."""
 
-    type: str = Field(description="Created, Running, Succeeded, Failed, Suspended, Ready or Stalled.")
+    type: str = Field(
+        description="Created, Running, Succeeded, Failed, Suspended, Ready (succeeded), Stalled (failed) "
+        "or Reconciling (pending or running)."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(description="What happened and what to do about it.")

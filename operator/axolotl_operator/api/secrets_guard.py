@@ -36,6 +36,17 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str, Any]]:
             yield from _walk(child, child_path)
 
 
+LOG_TOKEN = re.compile(
+    r"\bhf_[A-Za-z0-9]{30,}\b"  # Hugging Face
+    r"|\b(local-)?[0-9a-f]{40}\b|\b[A-Za-z0-9]{3,}-v1-[A-Za-z0-9_-]{40,}"  # W&B (and git SHAs: a fair price)
+)
+
+
+def redact(text: str) -> str:
+    """Mask token-looking strings in text the operator repeats (a trainer's log tail, its error)."""
+    return LOG_TOKEN.sub("[redacted]", text)
+
+
 def looks_like_secret(key: str, value: Any) -> bool:
     if not isinstance(value, str):
         return False
