@@ -24,7 +24,7 @@ from . import metrics
 from .api import SpecError, parse_job
 from .api.job import GROUP, PLURAL, VERSION
 from .kube import ApiError, Kube, now
-from .render import JOB_LABEL, render
+from .render import JOB_LABEL, controlled_by, job_updates, render
 from .settings import OperatorSettings
 from .status import TERMINAL, JobFacts, compute_status, facts_of, facts_of_error
 
@@ -211,36 +211,6 @@ class Operator:
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     """Kopf's Body as a plain dict (render and parse only read it)."""
     return {key: body[key] for key in body}
-
-
-def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
-
-
-def job_updates(
-    existing: Mapping[str, Any], desired: Mapping[str, Any], *, queue_name: str | None, suspend: bool
-) -> dict[str, Any]:
-    """The Job spec fields to change so it follows the AxolotlJob's mutable fields (pure).
-
-    With a queueName, Kueue owns Job.spec.suspend (it unsuspends on admission); the operator only
-    suspends on the user's request. A finished Job only gets its TTL changed.
-    """
-    have = existing.get("spec") or {}
-    want = desired.get("spec") or {}
-    conditions = (existing.get("status") or {}).get("conditions") or []
-    finished = any(c.get("type") in {"Complete", "Failed"} and c.get("status") == "True" for c in conditions)
-    fields = (
-        ("ttlSecondsAfterFinished",) if finished else ("activeDeadlineSeconds", "ttlSecondsAfterFinished")
-    )
-    updates = {key: want.get(key) for key in fields if have.get(key) != want.get(key)}
-    if not finished:
-        if queue_name:
-            if suspend and not have.get("suspend"):
-                updates["suspend"] = True
-        elif bool(have.get("suspend")) != suspend:
-            updates["suspend"] = suspend
-    return updates
 
 
 # ---------------------------------------------------------------- Kopf registration

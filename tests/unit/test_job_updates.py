@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 import kopf
-from axolotl_operator.handlers import controlled_by, job_updates
 from axolotl_operator.manager import FINALIZER, configure_kopf, settings_from_args
+from axolotl_operator.render import controlled_by, job_updates
 
 
 def job(finished: bool = False, **spec):
