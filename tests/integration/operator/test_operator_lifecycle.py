@@ -26,7 +26,7 @@ from operator_support import (
 pytestmark = pytest.mark.integration
 
 HOLD = {"kwok.axolotl.ai/hold": "true"}
-CONDITIONS = ["Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Stalled"]
+CONDITIONS = ["Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Stalled", "Reconciling"]
 
 
 def running_pod(namespace: str, name: str, exclude: set[str] = frozenset()) -> dict:
