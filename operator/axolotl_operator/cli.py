@@ -111,6 +111,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"{args.file}: error: {error}", file=sys.stderr)
         return 1
     _warn(args.file, parsed.warnings, sys.stderr)
+    job["spec"]["config"] = parsed.config  # write the translated config: the job starts clean
     sys.stdout.write(dump_all(converted.documents))
     return 0
 

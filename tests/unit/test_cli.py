@@ -82,8 +82,11 @@ def test_convert_then_render_translates_epochs():
     converted = run("convert", str(EXAMPLES / "akash" / "quickstart.yaml"), "--name", "quickstart")
     assert converted.returncode == 0, converted.stderr
     assert "spec.config.epochs" in converted.stderr and "num_epochs" in converted.stderr
+    job = yaml.safe_load(converted.stdout)
+    assert job["spec"]["config"]["num_epochs"] == 1 and "epochs" not in job["spec"]["config"]
     rendered = run("render", "-", stdin=converted.stdout)
     assert rendered.returncode == 0, rendered.stderr
+    assert "epochs" not in rendered.stderr  # translated once, by convert
     config_map = next(yaml.safe_load_all(rendered.stdout))
     config = yaml.safe_load(config_map["data"]["config.yaml"])
     assert config["num_epochs"] == 1 and "epochs" not in config
