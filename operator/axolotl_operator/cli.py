@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-storage-size", help="claim size when spec.storage.size is unset")
     p.add_argument("--default-storage-class", help="StorageClass when spec.storage has none")
     p.add_argument("--progress-url", help="URL trainer pods POST progress to")
+    p.add_argument("--progress-port", type=int, default=0, help="serve POST /progress here; 0 disables")
+    p.add_argument("--progress-host", default="0.0.0.0", help="address of the progress endpoint")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
     return parser

@@ -132,6 +132,20 @@ class Kube:
         path = path_of("v1", "Pod", namespace)
         return list(self.request("GET", path, query={"labelSelector": selector}).get("items") or [])
 
+    def get_pod(self, namespace: str, name: str) -> Obj | None:
+        return self.get("v1", "Pod", namespace, name)
+
+    def token_review(self, token: str, audiences: list[str]) -> Obj:
+        """Ask the API server who a bearer token belongs to (TokenReview status; the token is never
+        logged or kept)."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+        review = self.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body)
+        return dict(review.get("status") or {})
+
     def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]:
         """Create a child; (object, True) if made now, (existing object, False) on 409 AlreadyExists."""
         meta = manifest["metadata"]

@@ -16,6 +16,7 @@ import kopf
 from . import handlers, metrics
 from .api.job import GROUP
 from .kube import Kube
+from .progress_server import ProgressServer
 from .settings import OperatorSettings
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -62,8 +63,10 @@ def run_operator(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
     settings = settings_from_args(args)
-    handlers.install(handlers.Operator(settings, Kube.from_environment()))
+    kube = Kube.from_environment()
+    handlers.install(handlers.Operator(settings, kube))
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
+    progress = start_progress_server(args, settings, kube)
 
     @kopf.on.startup()
     def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
@@ -76,10 +79,33 @@ def run_operator(args: argparse.Namespace) -> int:
         settings.default_image,
         settings.gpu_resource_name,
     )
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=getattr(args, "liveness", None) or None,
-    )
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=getattr(args, "liveness", None) or None,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
     return 0
+
+
+def start_progress_server(
+    args: argparse.Namespace, settings: OperatorSettings, kube: Kube
+) -> ProgressServer | None:
+    """The endpoint trainer pods report to, in its own thread (`--progress-port`, 0 = off)."""
+    port = int(getattr(args, "progress_port", 0) or 0)
+    if not port:
+        return None
+    if not settings.progress_url:
+        logging.getLogger("axolotl_operator").warning(
+            "--progress-port is set but no progress URL (AXOLOTL_OPERATOR_PROGRESS_URL): "
+            "trainer pods will not report"
+        )
+    server = ProgressServer(
+        kube, settings.progress_audience, getattr(args, "progress_host", None) or "0.0.0.0", port
+    )
+    server.start()
+    return server

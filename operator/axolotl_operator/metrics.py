@@ -36,6 +36,11 @@ PROGRESS = {
     "loss": Gauge("axolotl_operator_job_loss", "Latest training loss.", ["namespace", "name"]),
     "etaSeconds": Gauge("axolotl_operator_job_eta_seconds", "Estimated seconds left.", ["namespace", "name"]),
 }
+PROGRESS_REPORTS = Counter(
+    "axolotl_operator_progress_reports_total",
+    "Progress reports received from trainer pods, by HTTP status answered.",
+    ["code"],
+)
 
 _lock = threading.Lock()
 _phases: dict[tuple[str, str], str] = {}
@@ -59,11 +64,19 @@ def observe_job(namespace: str, name: str, status: Mapping[str, Any] | None) -> 
     with _lock:
         _phases[(namespace, name)] = status.get("phase") or "Unknown"
         _publish()
-    progress = status.get("progress") or {}
+    observe_progress(namespace, name, status.get("progress") or {})
+
+
+def observe_progress(namespace: str, name: str, progress: Mapping[str, Any]) -> None:
+    """Record a live progress report just written to the AxolotlJob's status."""
     for key, gauge in PROGRESS.items():
         value = progress.get(key)
         if isinstance(value, int | float):
             gauge.labels(namespace, name).set(value)
+
+
+def progress_report(code: int) -> None:
+    PROGRESS_REPORTS.labels(str(code)).inc()
 
 
 def forget_job(namespace: str, name: str) -> None:

@@ -1,0 +1,307 @@
+"""Live progress reports from trainer pods: parse, authorize, decide, and shape `status.progress`. Pure.
+
+Why pure: what the operator accepts from a pod (and from whom) is a security decision; it is unit-tested
+here without a cluster, and the HTTP shell (`progress_server`) only fetches the inputs (TokenReview, pod,
+Job, AxolotlJob) and writes the result. The payload is `trainer-image`'s `contract.ProgressReport`
+(camelCase); parsing is tolerant (a bad optional number is dropped) but bounded (size, names, numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .render import JOB_LABEL, controlled_by
+
+MAX_BODY_BYTES = 16 * 1024
+MIN_PATCH_INTERVAL_SECONDS = 5.0  # the trainer's own PROGRESS_MIN_INTERVAL_SECONDS
+MAX_INT = 10**15  # steps beyond this are a broken sender, not a training run
+SA_USER_PREFIX = "system:serviceaccount:"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# status.progress keys, in the API model's order (api/job.py Progress)
+PROGRESS_KEYS = (
+    "step",
+    "totalSteps",
+    "percent",
+    "epoch",
+    "loss",
+    "learningRate",
+    "gradNorm",
+    "tokensPerSecond",
+    "etaSeconds",
+    "updatedAt",
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class PayloadError(ValueError):
+    """The body is not a progress report (HTTP 400)."""
+
+
+class Denied(Exception):
+    """The sender may not report for this job: 401 (who are you?) or 403 (not yours)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Report:
+    """One validated progress report; `timestamp` is when the trainer took the sample (UTC)."""
+
+    job_name: str
+    job_namespace: str
+    timestamp: datetime
+    step: int
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who sent a report, as the API server's TokenReview says."""
+
+    namespace: str
+    service_account: str
+    pod_name: str | None
+    pod_uid: str | None
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _int(value: Any) -> int | None:
+    """An int in [0, MAX_INT]; integral floats are tolerated (JSON encoders write 10.0), bools are not."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_INT:
+        return value
+    return None
+
+
+def _float(value: Any, minimum: float | None = None) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        return None
+    return number
+
+
+def parse_time(text: Any) -> datetime | None:
+    """RFC 3339 (as Kubernetes and the trainer write it) to an aware UTC datetime, else None."""
+    if not isinstance(text, str) or not 0 < len(text) <= 64:
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        return None
+    return stamp.astimezone(UTC)
+
+
+def format_time(stamp: datetime) -> str:
+    return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_report(body: bytes | str, now: datetime) -> Report:
+    """Validate a POSTed body. Names and `step` are required; other numbers are kept only if finite and
+    sane; a missing or unparsable timestamp, or one in the future, becomes `now` (the trainer's clock
+    may be off, ours decides)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadError(f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError("not a JSON object")
+    name, namespace = data.get("jobName"), data.get("jobNamespace")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        raise PayloadError("jobName: not an AxolotlJob name")
+    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+        raise PayloadError("jobNamespace: not a namespace name")
+    step = _int(data.get("step"))
+    if step is None:
+        raise PayloadError(f"step: not an integer in [0, {MAX_INT}]")
+    stamp = parse_time(data.get("timestamp"))
+    if stamp is None or stamp > now:
+        stamp = now
+    total = _int(data.get("totalSteps"))
+    return Report(
+        job_name=name,
+        job_namespace=namespace,
+        timestamp=stamp,
+        step=step,
+        total_steps=total if total else None,  # 0 means unknown: no percent from it
+        epoch=_float(data.get("epoch"), minimum=0),
+        loss=_float(data.get("loss")),
+        learning_rate=_float(data.get("learningRate"), minimum=0),
+        grad_norm=_float(data.get("gradNorm"), minimum=0),
+        tokens_per_second=_float(data.get("tokensPerSecond"), minimum=0),
+        eta_seconds=_float(data.get("etaSeconds"), minimum=0),
+        final=data.get("final") is True,
+    )
+
+
+# ---------------------------------------------------------------- status.progress
+
+
+def to_progress(report: Report) -> dict[str, Any]:
+    """The `status.progress` object of the API model; unknown values are absent."""
+    eta = report.eta_seconds
+    if report.final:
+        eta = 0
+    percent = None
+    if report.total_steps:
+        percent = min(100, report.step * 100 // report.total_steps)
+    values: dict[str, Any] = {
+        "step": report.step,
+        "totalSteps": report.total_steps,
+        "percent": percent,
+        "epoch": report.epoch,
+        "loss": report.loss,
+        "learningRate": report.learning_rate,
+        "gradNorm": report.grad_norm,
+        "tokensPerSecond": report.tokens_per_second,
+        "etaSeconds": None if eta is None else min(MAX_INT, round(eta)),
+        "updatedAt": format_time(report.timestamp),
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def progress_patch(report: Report) -> dict[str, Any]:
+    """A merge patch for `status.progress` that replaces it whole: a key the report lacks is deleted
+    (null), so a new attempt never shows the previous attempt's loss or learning rate as its own."""
+    progress = to_progress(report)
+    return {key: progress.get(key) for key in PROGRESS_KEYS}
+
+
+def is_newer(report: Report, status: Mapping[str, Any] | None) -> bool:
+    """Whether the report should replace what the status shows. A finished job keeps the numbers of its
+    termination summary; otherwise the later sample wins, and within one second the higher step (a
+    resumed attempt may restart from an earlier checkpoint, so steps alone do not order reports)."""
+    status = status or {}
+    if status.get("phase") in TERMINAL_PHASES:
+        return False
+    current = status.get("progress")
+    if not isinstance(current, Mapping):
+        return True
+    shown = parse_time(current.get("updatedAt"))
+    if shown is None:
+        return True
+    if report.timestamp != shown:
+        return report.timestamp > shown
+    step = current.get("step")
+    return report.final or not isinstance(step, int) or report.step >= step
+
+
+def newest(a: Report | None, b: Report) -> Report:
+    """Of two reports for one job, the one to keep while a write is due: ordered as `is_newer` orders
+    them (the later sample; within one second the final report, else the higher step)."""
+    if a is None or b.timestamp > a.timestamp:
+        return b
+    if b.timestamp == a.timestamp and (b.final or (not a.final and b.step >= a.step)):
+        return b
+    return a
+
+
+# ---------------------------------------------------------------- authorization
+
+
+def identity_of(review: Mapping[str, Any], audience: str) -> Identity:
+    """The sender from a TokenReview's status: an authenticated ServiceAccount token for `audience`.
+    Anything else is 401 (an unknown, expired or foreign-audience token is no identity)."""
+    if review.get("authenticated") is not True:
+        raise Denied(401, "token not authenticated")
+    audiences = review.get("audiences")
+    if not isinstance(audiences, list) or audience not in audiences:
+        raise Denied(401, f"token is not for audience {audience!r}")
+    user = review.get("user") or {}
+    username = user.get("username") if isinstance(user, Mapping) else None
+    if not isinstance(username, str) or not username.startswith(SA_USER_PREFIX):
+        raise Denied(401, "not a ServiceAccount token")
+    parts = username[len(SA_USER_PREFIX) :].split(":")
+    if len(parts) != 2 or not all(parts):
+        raise Denied(401, "malformed ServiceAccount user name")
+    extra = user.get("extra") or {}
+
+    def one(key: str) -> str | None:
+        values = extra.get(key) if isinstance(extra, Mapping) else None
+        return values[0] if isinstance(values, list) and len(values) == 1 and values[0] else None
+
+    return Identity(parts[0], parts[1], one(POD_NAME_EXTRA), one(POD_UID_EXTRA))
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def check_identity(identity: Identity, report: Report) -> None:
+    """What can be refused (403) before reading any object: a token not bound to a pod, or from a
+    ServiceAccount of another namespace."""
+    if identity.pod_name is None:
+        raise Denied(403, "token is not bound to a pod")
+    if identity.namespace != report.job_namespace:
+        raise Denied(403, "token is from another namespace")
+
+
+def authorize(
+    identity: Identity,
+    report: Report,
+    pod: Mapping[str, Any] | None,
+    job: Mapping[str, Any] | None,
+    axj: Mapping[str, Any] | None,
+) -> None:
+    """Raise Denied(403) unless the token is bound to a live pod of this AxolotlJob: the pod is in the
+    report's namespace, runs as the token's ServiceAccount, carries `axolotl.ai/job=<jobName>` and is
+    controlled by the Job that the AxolotlJob controls. A token of any other pod (another job's, or any
+    pod of the namespace) cannot move this job's status."""
+    check_identity(identity, report)
+    if pod is None:
+        raise Denied(403, "the token's pod does not exist")
+    meta = _meta(pod)
+    if meta.get("namespace") != report.job_namespace or meta.get("name") != identity.pod_name:
+        raise Denied(403, "the token's pod is not in the job's namespace")
+    if identity.pod_uid is not None and meta.get("uid") != identity.pod_uid:
+        raise Denied(403, "the token's pod was replaced")
+    if ((pod.get("spec") or {}).get("serviceAccountName") or "default") != identity.service_account:
+        raise Denied(403, "the pod runs as another ServiceAccount")
+    if (meta.get("labels") or {}).get(JOB_LABEL) != report.job_name:
+        raise Denied(403, f"the pod is not labelled {JOB_LABEL}={report.job_name}")
+    if axj is None or _meta(axj).get("name") != report.job_name:
+        raise Denied(403, "no such AxolotlJob")
+    if job is None or not controlled_by(job, str(_meta(axj).get("uid") or "")):
+        raise Denied(403, "the AxolotlJob has no training Job")
+    if not controlled_by(pod, str(_meta(job).get("uid") or "")):
+        raise Denied(403, "the pod is not controlled by the AxolotlJob's Job")
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (bounded: a JWT, not a novel)."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 8192 or any(c.isspace() for c in token):
+        return None
+    return token
