@@ -64,3 +64,40 @@ def test_chart_ships_the_generated_crd():
     assert (CHART / "crds" / "axolotl.ai_axolotljobs.yaml").read_text() == (
         REPO / "crds" / "axolotl.ai_axolotljobs.yaml"
     ).read_text()
+
+
+def _container(docs: list[dict]) -> dict:
+    return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_trainer_pods_get_the_progress_endpoints_url(helm):
+    docs = template(helm)
+    container = _container(docs)
+    assert "--progress-port=8081" in container["args"]
+    assert {"name": "progress", "containerPort": 8081} in container["ports"]
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-progress"))
+    assert service["spec"]["ports"] == [{"name": "progress", "port": 8081, "targetPort": "progress"}]
+    assert (
+        service["spec"]["selector"]
+        == next(d for d in docs if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    env = {e["name"]: e["value"] for e in container["env"]}
+    name = service["metadata"]["name"]
+    assert env["AXOLOTL_OPERATOR_PROGRESS_URL"] == f"http://{name}.axolotl-system.svc:8081/progress"
+    assert env["AXOLOTL_OPERATOR_PROGRESS_AUDIENCE"] == "axolotl-operator"
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert any("tokenreviews" in rule["resources"] and rule["verbs"] == ["create"] for rule in role["rules"])
+
+
+def test_progress_port_and_url_are_settable_and_zero_turns_it_off(helm):
+    container = _container(
+        template(helm, "progress.port=9000", "progress.url=http://op.example:9000/progress")
+    )
+    assert "--progress-port=9000" in container["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["AXOLOTL_OPERATOR_PROGRESS_URL"] == "http://op.example:9000/progress"
+    docs = template(helm, "progress.port=0")
+    container = _container(docs)
+    assert not any(arg.startswith("--progress-port") for arg in container["args"])
+    assert "AXOLOTL_OPERATOR_PROGRESS_URL" not in {e["name"] for e in container["env"]}
+    assert not any(d["kind"] == "Service" and d["metadata"]["name"].endswith("-progress") for d in docs)

@@ -28,3 +28,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end }}
+
+{{- define "axolotl-operator.progressUrl" -}}
+{{- if .Values.progress.url -}}
+{{- .Values.progress.url -}}
+{{- else -}}
+{{- printf "http://%s-progress.%s.svc:%v/progress" (include "axolotl-operator.fullname" .) .Release.Namespace .Values.progress.port -}}
+{{- end -}}
+{{- end }}
