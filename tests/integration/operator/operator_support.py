@@ -55,9 +55,17 @@ def operator_binary() -> str:
 class OperatorProcess:
     """The operator as users run it, restartable; all its output goes to one log file."""
 
-    def __init__(self, log_path: Path, scope: tuple[str, ...] = ("--all-namespaces",)) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        scope: tuple[str, ...] = ("--all-namespaces",),
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
         self.scope = scope
+        self.extra_args = extra_args
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -74,11 +82,14 @@ class OperatorProcess:
             f"http://127.0.0.1:{self.health_port}/healthz",
             "--metrics-port",
             str(self.metrics_port),
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start #{self.starts + 1}: {' '.join(argv)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
         self.starts += 1
         if wait:
             wait_for(self.healthy, timeout=60, interval=0.2, what="the operator's liveness endpoint")
