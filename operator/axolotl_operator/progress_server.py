@@ -163,7 +163,7 @@ class ProgressServer:
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             return 401, "a bearer token is required"
-        body = await request.content.read(MAX_BODY_BYTES + 1)
+        body = await _read_at_most(request, MAX_BODY_BYTES + 1)
         if len(body) > MAX_BODY_BYTES:
             return 413, f"body over {MAX_BODY_BYTES} bytes"
         try:
@@ -279,3 +279,14 @@ class ProgressServer:
             return True
         log.warning("%s/%s: status kept changing; progress step %d dropped", namespace, name, report.step)
         return False
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body, or its first `limit` bytes (a chunked body has no Content-Length to refuse early)."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)

@@ -468,6 +468,19 @@ def test_endpoint_answers(server):
     assert server.fake.axj["status"]["progress"]["etaSeconds"] == 900
 
 
+def test_bodies_up_to_16_kib_are_read_whole_and_chunked_ones_are_capped(server):
+    padded = fresh(padding="x" * (MAX_BODY_BYTES - 1000))
+    assert len(json.dumps(padded)) <= MAX_BODY_BYTES
+    assert post(server, padded)[0] == 202
+    chunks = iter([b'{"jobName": "demo", "padding": "', b"x" * MAX_BODY_BYTES, b'"}'])
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/progress", data=chunks, headers={"Authorization": "Bearer good"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=10)
+    assert error.value.code == 413
+
+
 def test_writes_are_coalesced_and_the_final_report_goes_at_once(server):
     assert post(server, fresh(step=10))[0] == 202
     wait_patches(server.fake, 1)

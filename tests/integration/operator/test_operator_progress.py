@@ -20,6 +20,7 @@ from operator_support import (
     free_port,
     get_axj,
     kubectl,
+    kubectl_json,
     make_axj,
     pods_of,
     wait_for,
@@ -53,6 +54,23 @@ def operator_process(
     yield process
     if process.running():
         assert process.stop() == 0, f"the operator did not shut down cleanly; log: {process.log_path}"
+
+
+@pytest.fixture(autouse=True)
+def finish_jobs(namespace: str) -> Iterator[None]:
+    """Held pods keep a deleted namespace terminating for a while; an operator started by a later test
+    would then log 403s for it. Delete the jobs and wait for their pods to go before the namespace does."""
+    yield
+    kubectl("delete", "axolotljobs", "--all", "-n", namespace, "--wait=false", check=False)
+
+    def gone() -> bool:
+        if not kubectl_json("get", "pods", "-n", namespace)["items"]:
+            return True
+        # a Job not yet garbage-collected may have replaced a pod: remove whatever is there
+        kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
+        return False
+
+    wait_for(gone, timeout=90, interval=0.5, what=f"pods in {namespace} gone")
 
 
 def post(port: int, body: dict[str, Any], token: str | None) -> tuple[int, str]:
