@@ -177,7 +177,7 @@ class ProgressServer:
         except Denied as denied:
             log.info("%s: progress report refused (%d): %s", where, denied.status, denied.reason)
             return denied.status, denied.reason
-        except ApiError as exc:
+        except Exception as exc:  # the API server is unreachable or answered an error: try again later
             log.warning("%s: cannot check a progress report's token: %s", where, exc)
             return 503, "the API server could not check the token"
         self._submit(report)

@@ -394,6 +394,8 @@ class FakeKube:
         self.review_calls += 1
         if token == "broken":
             raise ApiError(500, "Internal Server Error", {"message": "etcd is down"})
+        if token == "unreachable":
+            raise ConnectionRefusedError("connection refused")
         return self.reviews.get(token, {"authenticated": False})
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -461,6 +463,7 @@ def test_endpoint_answers(server):
     assert code == 400 and "not JSON" in answer["message"]
     assert post(server, fresh(jobName="other"))[0] == 403
     assert post(server, fresh(), token="broken")[0] == 503
+    assert post(server, fresh(), token="unreachable")[0] == 503
     assert server.fake.patches == []
     assert post(server, fresh())[0] == 202
     [patch] = wait_patches(server.fake, 1)
