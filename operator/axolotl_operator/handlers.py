@@ -135,8 +135,15 @@ class Operator:
                 try:
                     self.kube.event(axj, transition.type, transition.reason, transition.message)
                 except ApiError as exc:
-                    log.warning(
-                        "%s/%s: could not record event %s: %s", namespace, name, transition.reason, exc
+                    # A namespace being deleted refuses new Events: expected, not worth a warning.
+                    terminating = exc.status == 403 and "being terminated" in str(exc)
+                    log.log(
+                        logging.DEBUG if terminating else logging.WARNING,
+                        "%s/%s: could not record event %s: %s",
+                        namespace,
+                        name,
+                        transition.reason,
+                        exc,
                     )
             return
         raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing; retrying", delay=1)
