@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .api.job import Progress
 from .render import JOB_LABEL, controlled_by
 
 MAX_BODY_BYTES = 16 * 1024
@@ -25,19 +26,8 @@ SA_USER_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-# status.progress keys, in the API model's order (api/job.py Progress)
-PROGRESS_KEYS = (
-    "step",
-    "totalSteps",
-    "percent",
-    "epoch",
-    "loss",
-    "learningRate",
-    "gradNorm",
-    "tokensPerSecond",
-    "etaSeconds",
-    "updatedAt",
-)
+# status.progress keys, in the API model's order: derived, so the two cannot drift.
+PROGRESS_KEYS = tuple(field.alias or name for name, field in Progress.model_fields.items())
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
