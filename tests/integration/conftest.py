@@ -167,14 +167,19 @@ def _put_on_path(name: str, flag: str) -> Path:
     return link
 
 
-@pytest.fixture(scope="session")
-def kubeenv() -> Iterator[KubeEnv]:
-    """Start (or reuse) the control plane once per session; stop it only if we started it."""
+def kubeenv_session(args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[KubeEnv]:
+    """Start (or reuse) a control plane (``hack/kubeenv up *args`` with ``env`` added to the
+    environment), point KUBECONFIG at it, yield it; stop it only if this call started it."""
+    run_env = {**os.environ, **(env or {})}
     if shutil.which("kubectl") is None:  # a machine without kubectl: the one shipped with helm
         _put_on_path("kubectl", "--kubectl-path")
-    running = subprocess.run([str(KUBEENV), "status"], capture_output=True, text=True, check=False)
+    running = subprocess.run(
+        [str(KUBEENV), "status"], capture_output=True, text=True, check=False, env=run_env
+    )
     started_here = running.returncode != 0
-    proc = subprocess.run([str(KUBEENV), "up"], capture_output=True, text=True, timeout=3600, check=False)
+    proc = subprocess.run(
+        [str(KUBEENV), "up", *args], capture_output=True, text=True, timeout=3600, check=False, env=run_env
+    )
     if proc.returncode != 0:
         pytest.fail(f"hack/kubeenv up failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     last = proc.stdout.strip().splitlines()[-1]
@@ -193,7 +198,13 @@ def kubeenv() -> Iterator[KubeEnv]:
         else:
             os.environ["KUBECONFIG"] = previous
         if started_here and not os.environ.get("KUBEENV_KEEP"):
-            subprocess.run([str(KUBEENV), "down"], capture_output=True, text=True, check=False)
+            subprocess.run([str(KUBEENV), "down"], capture_output=True, text=True, check=False, env=run_env)
+
+
+@pytest.fixture(scope="session")
+def kubeenv() -> Iterator[KubeEnv]:
+    """Start (or reuse) the control plane once per session; stop it only if we started it."""
+    yield from kubeenv_session()
 
 
 @pytest.fixture(scope="session")

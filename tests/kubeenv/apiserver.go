@@ -30,9 +30,15 @@ func init() {
 	rest.SetDefaultWarningHandler(rest.NoWarnings{})
 }
 
-// ServiceCIDR holds the virtual Service IPs. Nothing routes them here (there is no
-// kube-proxy); they sit in 127.0.0.0/8 so that even a stray connection stays on loopback.
-const serviceCIDR = "127.96.0.0/16"
+// serviceCIDR holds the virtual Service IPs. Without real nodes nothing routes them (there
+// is no kube-proxy), so they sit in 127.0.0.0/8 where even a stray connection stays on
+// loopback; with real nodes kube-proxy serves them from a pod can reach (realnode.go).
+func serviceCIDR(cfg config) string {
+	if cfg.realNodes > 0 {
+		return realServiceCIDR
+	}
+	return "127.96.0.0/16"
+}
 
 type apiServer struct {
 	url     string
@@ -45,7 +51,7 @@ type apiServer struct {
 // startAPIServer configures kube-apiserver the way cmd/kube-apiserver/app/testing does,
 // but with RBAC, a static admin token, ServiceAccount token signing and state kept in
 // the state dir, and runs it until ctx is cancelled.
-func startAPIServer(ctx context.Context, cfg config, creds credentials, etcdURL string) (*apiServer, error) {
+func startAPIServer(ctx context.Context, cfg config, creds credentials, pki nodePKI, etcdURL string) (*apiServer, error) {
 	s := options.NewServerRunOptions()
 	fs := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
 	for _, f := range s.Flags().FlagSets {
@@ -62,7 +68,7 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, etcdURL 
 		"--service-account-key-file=" + creds.saKeyFile,
 		"--service-account-signing-key-file=" + creds.saKeyFile,
 		"--api-audiences=https://kubernetes.default.svc.cluster.local",
-		"--service-cluster-ip-range=" + serviceCIDR,
+		"--service-cluster-ip-range=" + serviceCIDR(cfg),
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--endpoint-reconciler-type=none",
@@ -70,6 +76,10 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, etcdURL 
 		// prefers the node's Hostname, which would send a DNS query off the machine.
 		"--kubelet-preferred-address-types=InternalIP",
 		"--enable-priority-and-fairness=false",
+		// Real kubelets: verify them with the node CA, show them the apiserver's client certificate.
+		"--kubelet-certificate-authority=" + pki.caFile,
+		"--kubelet-client-certificate=" + pki.clientCert,
+		"--kubelet-client-key=" + pki.clientKey,
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err

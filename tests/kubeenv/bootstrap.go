@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -95,6 +96,17 @@ func bootstrap(ctx context.Context, client kubernetes.Interface, cfg config) err
 			return err
 		}
 	}
+	if cfg.realNodes > 0 {
+		// Without the Node authorizer, kubelets (group system:nodes) get the system:node role.
+		crb := &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "kubeenv:nodes"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:node"},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: "system:nodes"}},
+		}
+		if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
 	if cfg.kwokPath == "" {
 		return nil
 	}
@@ -108,14 +120,16 @@ func bootstrap(ctx context.Context, client kubernetes.Interface, cfg config) err
 
 // waitClusterReady waits until /readyz is ok, the default ServiceAccount exists (so pods
 // can be created) and every fake node is Ready (so pods can be scheduled and run).
-func waitClusterReady(ctx context.Context, client kubernetes.Interface, cfg config, apiErr <-chan error, kwok *childProcess) error {
+func waitClusterReady(ctx context.Context, client kubernetes.Interface, cfg config, apiErr <-chan error, kwok *childProcess, real *realCluster) error {
 	var waiting string
 	err := wait.PollUntilContextCancel(ctx, 250*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		select {
 		case err := <-apiErr:
 			return false, err
-		case <-kwokExited(kwok):
+		case <-kwok.done():
 			return false, fmt.Errorf("kwok exited, see kwok.log")
+		case <-real.exited():
+			return false, fmt.Errorf("a real-node process exited, see its log in %s", cfg.stateDir)
 		default:
 		}
 		if _, err := client.CoreV1().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
@@ -126,13 +140,19 @@ func waitClusterReady(ctx context.Context, client kubernetes.Interface, cfg conf
 			waiting = "default ServiceAccount"
 			return false, nil
 		}
-		if kwok == nil {
-			return true, nil
+		var names []string
+		if kwok != nil {
+			for i := range cfg.nodes {
+				names = append(names, nodeName(i))
+			}
 		}
-		for i := range cfg.nodes {
-			n, err := client.CoreV1().Nodes().Get(ctx, nodeName(i), metav1.GetOptions{})
+		for _, n := range realNodesOf(cfg) {
+			names = append(names, n.name)
+		}
+		for _, name := range names {
+			n, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 			if err != nil || !nodeReady(n) {
-				waiting = "node " + nodeName(i) + " Ready"
+				waiting = "node " + name + " Ready"
 				return false, nil
 			}
 		}

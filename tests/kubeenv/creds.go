@@ -22,24 +22,42 @@ import (
 // credentials are created once per state dir and reused on restart.
 type credentials struct {
 	adminToken string
-	tokenFile  string // static token file: the admin user in system:masters
-	saKeyFile  string // ECDSA key signing and verifying ServiceAccount tokens
+	nodeTokens map[string]string // real node name -> token of user system:node:<name> (group system:nodes)
+	tokenFile  string            // static token file: the admin user in system:masters, the real nodes
+	saKeyFile  string            // ECDSA key signing and verifying ServiceAccount tokens
 }
 
-func ensureCredentials(stateDir string) (credentials, error) {
+const adminUser = "kubeenv-admin"
+
+func ensureCredentials(stateDir string, realNodes []string) (credentials, error) {
 	pki := filepath.Join(stateDir, "pki")
-	c := credentials{tokenFile: filepath.Join(pki, "tokens.csv"), saKeyFile: filepath.Join(pki, "sa.key")}
+	c := credentials{tokenFile: filepath.Join(pki, "tokens.csv"), saKeyFile: filepath.Join(pki, "sa.key"), nodeTokens: map[string]string{}}
 
 	if data, err := os.ReadFile(c.tokenFile); err == nil {
-		c.adminToken = strings.SplitN(string(data), ",", 2)[0]
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			f := strings.SplitN(line, ",", 3)
+			if len(f) < 2 {
+				continue
+			}
+			if f[1] == adminUser {
+				c.adminToken = f[0]
+			} else {
+				c.nodeTokens[strings.TrimPrefix(f[1], "system:node:")] = f[0]
+			}
+		}
 	} else if errors.Is(err, os.ErrNotExist) {
-		buf := make([]byte, 32)
-		if _, err := rand.Read(buf); err != nil {
+		var lines strings.Builder
+		if c.adminToken, err = randomToken(); err != nil {
 			return c, err
 		}
-		c.adminToken = hex.EncodeToString(buf)
-		line := fmt.Sprintf("%s,kubeenv-admin,kubeenv-admin,\"system:masters\"\n", c.adminToken)
-		if err := os.WriteFile(c.tokenFile, []byte(line), 0o600); err != nil {
+		fmt.Fprintf(&lines, "%s,%s,%s,\"system:masters\"\n", c.adminToken, adminUser, adminUser)
+		for _, name := range realNodes {
+			if c.nodeTokens[name], err = randomToken(); err != nil {
+				return c, err
+			}
+			fmt.Fprintf(&lines, "%s,system:node:%s,system:node:%s,\"system:nodes\"\n", c.nodeTokens[name], name, name)
+		}
+		if err := os.WriteFile(c.tokenFile, []byte(lines.String()), 0o600); err != nil {
 			return c, err
 		}
 	} else {
@@ -69,14 +87,22 @@ func ensureCredentials(stateDir string) (credentials, error) {
 func writeKubeconfig(path, server string, caPEM []byte, token string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["kubeenv"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caPEM}
-	cfg.AuthInfos["kubeenv-admin"] = &clientcmdapi.AuthInfo{Token: token}
-	cfg.Contexts["kubeenv"] = &clientcmdapi.Context{Cluster: "kubeenv", AuthInfo: "kubeenv-admin", Namespace: "default"}
+	cfg.AuthInfos["kubeenv"] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["kubeenv"] = &clientcmdapi.Context{Cluster: "kubeenv", AuthInfo: "kubeenv", Namespace: "default"}
 	cfg.CurrentContext = "kubeenv"
 	tmp := path + ".tmp"
 	if err := clientcmd.WriteToFile(*cfg, tmp); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+func randomToken() (string, error) {
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(buf), nil
 }
 
 func adminClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {

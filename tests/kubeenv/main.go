@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,22 +34,55 @@ type config struct {
 	nodeMemory  string
 	nodePods    string
 	readyWait   time.Duration
+
+	realNodes      int
+	containerdPath string
+	runcPath       string
+	cniBinDir      string
+	images         stringList
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// subcommands run another component of this binary as its own process: the real nodes'
+// kubelets, kube-proxy and CoreDNS, and the cleanup after a crash.
+var subcommands = map[string]func(args []string) int{
+	"kubelet":    runKubelet,
+	"kube-proxy": runKubeProxy,
+	"coredns":    runCoreDNS,
+	"cleanup":    runCleanup,
 }
 
 func main() {
+	if len(os.Args) > 1 {
+		if sub, ok := subcommands[os.Args[1]]; ok {
+			os.Exit(sub(os.Args[2:]))
+		}
+	}
 	var cfg config
-	klog.InitFlags(nil)
-	flag.StringVar(&cfg.stateDir, "state-dir", "", "directory for certificates, etcd data, kubeconfig and volumes (required)")
-	flag.IntVar(&cfg.port, "port", 0, "kube-apiserver port on 127.0.0.1 (0: pick a free one)")
-	flag.StringVar(&cfg.kwokPath, "kwok", "", "path to the kwok binary acting as the fake kubelet (empty: no nodes are managed)")
-	flag.IntVar(&cfg.nodes, "nodes", 2, "number of fake GPU nodes")
-	flag.IntVar(&cfg.gpusPerNode, "gpus-per-node", 8, "nvidia.com/gpu capacity of each fake node")
-	flag.StringVar(&cfg.nodeCPU, "node-cpu", "64", "cpu capacity of each fake node")
-	flag.StringVar(&cfg.nodeMemory, "node-memory", "512Gi", "memory capacity of each fake node")
-	flag.StringVar(&cfg.nodePods, "node-pods", "250", "pod capacity of each fake node")
-	flag.DurationVar(&cfg.readyWait, "ready-timeout", 3*time.Minute, "how long to wait for the cluster to become ready")
-	_ = flag.Set("logtostderr", "true")
-	flag.Parse()
+	// Our own flag set: packages linked in for the kubelet register flags of the same names
+	// (e.g. cadvisor's --containerd) on the global one.
+	fs := flag.NewFlagSet("kubeenv", flag.ExitOnError)
+	klog.InitFlags(fs)
+	fs.StringVar(&cfg.stateDir, "state-dir", "", "directory for certificates, etcd data, kubeconfig and volumes (required)")
+	fs.IntVar(&cfg.port, "port", 0, "kube-apiserver port on 127.0.0.1 (0: pick a free one)")
+	fs.StringVar(&cfg.kwokPath, "kwok", "", "path to the kwok binary acting as the fake kubelet (empty: no nodes are managed)")
+	fs.IntVar(&cfg.nodes, "nodes", 2, "number of fake GPU nodes")
+	fs.IntVar(&cfg.gpusPerNode, "gpus-per-node", 8, "nvidia.com/gpu capacity of each fake node")
+	fs.StringVar(&cfg.nodeCPU, "node-cpu", "64", "cpu capacity of each fake node")
+	fs.StringVar(&cfg.nodeMemory, "node-memory", "512Gi", "memory capacity of each fake node")
+	fs.StringVar(&cfg.nodePods, "node-pods", "250", "pod capacity of each fake node")
+	fs.DurationVar(&cfg.readyWait, "ready-timeout", 3*time.Minute, "how long to wait for the cluster to become ready")
+	fs.IntVar(&cfg.realNodes, "real-nodes", 0, "number of real nodes (kubelet + containerd; needs root)")
+	fs.StringVar(&cfg.containerdPath, "containerd", "", "containerd binary; containerd-shim-runc-v2 and ctr sit next to it")
+	fs.StringVar(&cfg.runcPath, "runc", "/usr/sbin/runc", "runc binary of the real nodes")
+	fs.StringVar(&cfg.cniBinDir, "cni-bin-dir", "/usr/lib/cni", "CNI plugins (bridge, host-local, loopback, portmap)")
+	fs.Var(&cfg.images, "image", "image archive (OCI or docker-archive) imported into every real node; repeatable")
+	_ = fs.Set("logtostderr", "true")
+	_ = fs.Parse(os.Args[1:])
 	if cfg.stateDir == "" {
 		fmt.Fprintln(os.Stderr, "--state-dir is required")
 		os.Exit(2)
@@ -78,9 +112,32 @@ func run(ctx context.Context, cfg config) error {
 	readyFile := filepath.Join(cfg.stateDir, "ready")
 	_ = os.Remove(readyFile)
 
-	creds, err := ensureCredentials(cfg.stateDir)
+	var realNames []string
+	for _, n := range realNodesOf(cfg) {
+		realNames = append(realNames, n.name)
+	}
+	creds, err := ensureCredentials(cfg.stateDir, realNames)
 	if err != nil {
 		return fmt.Errorf("credentials: %w", err)
+	}
+	pki, err := ensureNodePKI(cfg.stateDir, realNodesOf(cfg))
+	if err != nil {
+		return fmt.Errorf("node certificates: %w", err)
+	}
+	if cfg.realNodes > 0 {
+		lock, err := lockMachine(cfg.stateDir)
+		if err != nil {
+			return err
+		}
+		defer unlockMachine(lock)
+		defer func() {
+			if err := cleanupHost(cfg.stateDir); err != nil {
+				klog.ErrorS(err, "cleaning up the real nodes' host state")
+			}
+		}()
+		if err := hostUp(cfg); err != nil {
+			return fmt.Errorf("real-node network: %w", err)
+		}
 	}
 
 	etcdSrv, etcdURL, err := startEtcd(filepath.Join(cfg.stateDir, "etcd"))
@@ -96,7 +153,7 @@ func run(ctx context.Context, cfg config) error {
 	compCtx, cancelComponents := context.WithCancel(context.Background())
 	defer cancelComponents()
 
-	api, err := startAPIServer(compCtx, cfg, creds, etcdURL)
+	api, err := startAPIServer(compCtx, cfg, creds, pki, etcdURL)
 	if err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
@@ -135,15 +192,21 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	stopKwok := func() {
-		if kwok != nil {
-			kwok.stop(10 * time.Second)
-			kwok = nil
-		}
+		kwok.stop(10 * time.Second)
+		kwok = nil
 	}
 	defer stopKwok()
+	var real *realCluster
+	defer func() { real.stop() }()
+	if cfg.realNodes > 0 {
+		real, err = startRealNodes(ctx, cfg, api, creds, pki, kubeconfig)
+		if err != nil {
+			return fmt.Errorf("real nodes: %w", err)
+		}
+	}
 
 	readyCtx, cancelReady := context.WithTimeout(ctx, cfg.readyWait)
-	err = waitClusterReady(readyCtx, client, cfg, api.errCh, kwok)
+	err = waitClusterReady(readyCtx, client, cfg, api.errCh, kwok, real)
 	cancelReady()
 	if err != nil {
 		return fmt.Errorf("cluster not ready: %w", err)
@@ -159,10 +222,13 @@ func run(ctx context.Context, cfg config) error {
 		klog.Info("shutting down")
 	case err := <-api.errCh:
 		runErr = fmt.Errorf("kube-apiserver exited: %w", err)
-	case <-kwokExited(kwok):
+	case <-kwok.done():
 		runErr = errors.New("kwok exited unexpectedly")
+	case <-real.exited():
+		runErr = errors.New("a real-node process exited unexpectedly (see its log in the state dir)")
 	}
 	_ = os.Remove(readyFile)
+	real.stop()
 	stopKwok()
 	cancelComponents()
 	waitDone("kube-scheduler", schedDone, 15*time.Second)

@@ -1,0 +1,31 @@
+"""Fixtures for the real-node tier: the control plane with a REAL node (kubelet, containerd,
+runc, CNI, kube-proxy, CoreDNS), so pods really run. Needs root; `hack/kubeenv` installs the
+Debian packages it lacks and builds the rest (tests/kubeenv/README.md, "Real nodes").
+
+- ``kubeenv`` (session): ``hack/kubeenv up --real-nodes 1`` on its own state dir
+  (``REAL_STATE_DIR``, no kwok nodes), so it never disturbs the kwok tier's control plane.
+- ``namespace``, ``kubectl``, ``kubectl_json``, ``apply_yaml``, ``wait_for``: as in the
+  integration tier (tests/integration/conftest.py), against this control plane.
+Pod builders and constants: realnode_support.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from realnode_support import REAL_ENV, helpers
+
+# The integration tier's fixtures, resolved here against this tier's `kubeenv`.
+namespace = helpers.namespace
+kubectl_fixture = helpers.kubectl_fixture
+kubectl_json_fixture = helpers.kubectl_json_fixture
+apply_yaml_fixture = helpers.apply_yaml_fixture
+wait_for_fixture = helpers.wait_for_fixture
+
+
+@pytest.fixture(scope="session")
+def kubeenv() -> Iterator[Any]:
+    """The control plane with one real node, started once per session."""
+    yield from helpers.kubeenv_session(("--real-nodes", "1"), REAL_ENV)
