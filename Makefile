@@ -9,7 +9,7 @@ TRAINER_PYTHON ?= $(shell ls -d $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python 2>/
 TRAINER_VENV ?= $(CACHE_DIR)/trainer-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup lint crd crd-check unit integration trainer-setup trainer-test test demo kubeenv-up kubeenv-down clean
+.PHONY: setup lint crd crd-check unit integration realnode trainer-setup trainer-test test demo kubeenv-up kubeenv-down clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ helm:
 integration: setup kubeenv-build
 	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
 
+# Real nodes (root): a kubelet with containerd really runs pods. `hack/kubeenv build --real-nodes 1`
+# installs the Debian packages it lacks and builds containerd and the local images first.
+realnode: setup
+	hack/kubeenv build --real-nodes 1 >/dev/null
+	$(VENV)/bin/pytest -q tests/realnode $(PYTEST_ARGS)
+
 # --- trainer tier (trainer-image/, tests/trainer) ---
 trainer-setup:
 	hack/trainer-venv "$(TRAINER_PYTHON)" "$(TRAINER_VENV)"
@@ -62,7 +68,7 @@ trainer-test: setup trainer-setup
 	$(TRAINER_VENV)/bin/python -m pytest -q tests/trainer $(PYTEST_ARGS)
 # --- end trainer tier ---
 
-test: lint unit integration trainer-test
+test: lint unit integration realnode trainer-test
 
 demo: setup
 	hack/demo

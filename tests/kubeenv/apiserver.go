@@ -71,7 +71,6 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, pki node
 		"--service-cluster-ip-range=" + serviceCIDR(cfg),
 		"--allow-privileged=true",
 		"--profiling=false",
-		"--endpoint-reconciler-type=none",
 		// Reach "kubelets" (logs, exec) by their loopback InternalIP only: the default
 		// prefers the node's Hostname, which would send a DNS query off the machine.
 		"--kubelet-preferred-address-types=InternalIP",
@@ -80,6 +79,13 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, pki node
 		"--kubelet-certificate-authority=" + pki.caFile,
 		"--kubelet-client-certificate=" + pki.clientCert,
 		"--kubelet-client-key=" + pki.clientKey,
+	}
+	if cfg.realNodes > 0 {
+		// Pods reach the API through the `kubernetes` Service: its endpoint is the first node's
+		// address, where a forwarder passes connections to the loopback listener.
+		args = append(args, "--advertise-address="+realNodesOf(cfg)[0].ip, "--endpoint-reconciler-type=lease")
+	} else {
+		args = append(args, "--endpoint-reconciler-type=none")
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -93,7 +99,13 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, pki node
 	}
 	tcpAddr := s.SecureServing.Listener.Addr().(*net.TCPAddr)
 	s.SecureServing.BindPort = tcpAddr.Port
-	// Loopback is the only address here; the test servers advertise it the same way.
+	if cfg.realNodes > 0 {
+		nodeAddr := net.JoinHostPort(realNodesOf(cfg)[0].ip, fmt.Sprint(tcpAddr.Port))
+		if err := forwardTCP(ctx, nodeAddr, tcpAddr.String()); err != nil {
+			return nil, err
+		}
+	}
+	// Loopback, as the test servers do; with real nodes --advertise-address says the node's.
 	s.SecureServing.ExternalAddress = tcpAddr.IP
 
 	if err := s.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {

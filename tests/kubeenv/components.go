@@ -52,6 +52,10 @@ func runCleanup(args []string) int {
 	if err == nil {
 		err = cleanupHost(abs)
 	}
+	// A crashed control plane left its lock file; remove it unless another one holds it.
+	if lock, lockErr := lockMachine(abs); lockErr == nil {
+		unlockMachine(lock)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cleanup:", err)
 		return 1

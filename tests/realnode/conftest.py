@@ -29,3 +29,9 @@ wait_for_fixture = helpers.wait_for_fixture
 def kubeenv() -> Iterator[Any]:
     """The control plane with one real node, started once per session."""
     yield from helpers.kubeenv_session(("--real-nodes", "1"), REAL_ENV)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The machine-restore test brings its own real node up and down; only one runs per machine,
+    so it goes before any test that starts the session's."""
+    items.sort(key=lambda item: item.path.name != "test_host_restored.py")

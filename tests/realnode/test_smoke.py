@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import ssl
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from realnode_support import kubectl, kubectl_json, pod_phase, real_pod, wait_for
+from realnode_support import REAL_STATE_DIR, kubectl, kubectl_json, pod_phase, real_pod, wait_for
 
 pytestmark = pytest.mark.realnode
 
@@ -185,3 +187,27 @@ def test_pods_without_the_toleration_stay_off_the_real_node(
         return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable" for c in conditions)
 
     assert wait_for(unschedulable, timeout=60, what="untolerated pod unschedulable")
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(
+    namespace: str, apply_yaml: Callable[..., Any]
+) -> None:
+    service = kubectl_json("get", "service", "kubernetes", "-n", "default")
+    cluster_ip = service["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip) in SERVICE_RANGE
+    endpoints = kubectl_json("get", "endpointslice", "kubernetes", "-n", "default")
+    assert endpoints["endpoints"][0]["addresses"] == ["198.18.64.1"]
+    # In a pod, the Service's environment leads to a TCP connection to the apiserver...
+    connect = 'nc -w 5 "$KUBERNETES_SERVICE_HOST" "$KUBERNETES_SERVICE_PORT" </dev/null && echo open'
+    apply_yaml(real_pod("api", connect), namespace)
+    pod = finished("api", namespace)
+    assert (pod["status"]["phase"], kubectl("logs", "api", "-n", namespace).strip()) == ("Succeeded", "open")
+    # ...and the apiserver answers there with a certificate valid for the ClusterIP.
+    context = ssl.create_default_context(cafile=str(REAL_STATE_DIR / "pki" / "ca.crt"))
+    with (
+        socket.create_connection((cluster_ip, 443), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=cluster_ip) as tls,  # as in-cluster clients check
+    ):
+        tls.sendall(b"GET /version HTTP/1.0\r\nHost: kubernetes.default.svc\r\n\r\n")
+        response = b"".join(iter(lambda: tls.recv(65536), b""))
+    assert response.startswith(b"HTTP/1.0 200") and b'"gitVersion": "v1.37.2"' in response, response[:300]
