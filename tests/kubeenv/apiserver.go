@@ -71,8 +71,9 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, pki node
 		"--service-cluster-ip-range=" + serviceCIDR(cfg),
 		"--allow-privileged=true",
 		"--profiling=false",
-		// Reach "kubelets" (logs, exec) by their loopback InternalIP only: the default
-		// prefers the node's Hostname, which would send a DNS query off the machine.
+		// Reach kubelets (logs, exec) by their InternalIP only (loopback for kwok's, a bridge
+		// address for real ones): the default prefers the node's Hostname, which would send a
+		// DNS query off the machine.
 		"--kubelet-preferred-address-types=InternalIP",
 		"--enable-priority-and-fairness=false",
 		// Real kubelets: verify them with the node CA, show them the apiserver's client certificate.
@@ -102,6 +103,9 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, pki node
 	if cfg.realNodes > 0 {
 		nodeAddr := net.JoinHostPort(realNodesOf(cfg)[0].ip, fmt.Sprint(tcpAddr.Port))
 		if err := forwardTCP(ctx, nodeAddr, tcpAddr.String()); err != nil {
+			return nil, err
+		}
+		if err := allowPodPort(tcpAddr.Port); err != nil {
 			return nil, err
 		}
 	}

@@ -50,11 +50,13 @@ func runCleanup(args []string) int {
 	}
 	abs, err := filepath.Abs(*stateDir)
 	if err == nil {
-		err = cleanupHost(abs)
-	}
-	// A crashed control plane left its lock file; remove it unless another one holds it.
-	if lock, lockErr := lockMachine(abs); lockErr == nil {
-		unlockMachine(lock)
+		// Cleanup is machine-wide (bridges, cgroups, tables): never while another kubeenv's real
+		// nodes run. The lock a crashed control plane left is free, and removed here.
+		var lock *os.File
+		if lock, err = lockMachine(abs); err == nil {
+			err = cleanupHost(abs)
+			unlockMachine(lock)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cleanup:", err)

@@ -52,10 +52,7 @@ var touchedSysctls = []string{
 
 // fixedPaths are written by the kubelet or the CNI plugins whatever their configuration
 // says; those that did not exist before are removed on cleanup.
-var fixedPaths = []string{
-	"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd",
-	"/etc/cni", "/opt/cni", "/run/netns",
-}
+var fixedPaths = []string{"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd"}
 
 // hostRecord is what cleanup restores.
 type hostRecord struct {
@@ -67,20 +64,37 @@ type hostRecord struct {
 func hostDir(stateDir string) string    { return filepath.Join(stateDir, "host") }
 func recordFile(stateDir string) string { return filepath.Join(hostDir(stateDir), "record.json") }
 
-// containmentRules allow forwarding only between the nodes' bridges, and drop anything
-// from or to the real-node range on any other interface. When the machine did not forward
-// before, it still forwards nothing else.
-func containmentRules(forwardedBefore bool) string {
-	rest := "\n        counter drop"
-	if forwardedBefore {
-		rest = ""
+// containmentRules:
+//   - forward: only between the nodes' bridges; never to or from an uplink (the interfaces of
+//     the default routes), which also keeps a machine that did not forward from forwarding;
+//   - input: pods reach the host only at node addresses, on the cluster DNS port and the ports
+//     in @pod_tcp_ports (the apiserver's forwarder); never loopback (route_localnet), never the
+//     host's other addresses; nothing from outside reaches the range;
+//   - postrouting: nothing from or to the range leaves on an interface other than a bridge or lo.
+func containmentRules(uplinks []string) string {
+	uplinkRules := ""
+	if len(uplinks) > 0 {
+		set := `"` + strings.Join(uplinks, `", "`) + `"`
+		uplinkRules = fmt.Sprintf("\n        iifname { %[1]s } counter drop\n        oifname { %[1]s } counter drop", set)
 	}
 	return fmt.Sprintf(`table inet kubeenv {
+    set pod_tcp_ports {
+        type inet_service
+    }
     chain forward {
         type filter hook forward priority -10; policy accept;
         iifname "%[1]s" oifname "%[1]s" accept
         iifname "%[1]s" counter drop
         oifname "%[1]s" counter drop%[3]s
+    }
+    chain input {
+        type filter hook input priority -10; policy accept;
+        iifname "%[1]s" ip daddr != %[2]s counter drop
+        iifname "%[1]s" meta l4proto { tcp, udp } th dport 53 accept
+        iifname "%[1]s" tcp dport @pod_tcp_ports accept
+        iifname "%[1]s" ct state established,related accept
+        iifname "%[1]s" meta l4proto { tcp, udp } counter drop
+        iifname != "%[1]s" iifname != "lo" ip daddr %[2]s counter drop
     }
     chain postrouting {
         type filter hook postrouting priority -10; policy accept;
@@ -88,7 +102,29 @@ func containmentRules(forwardedBefore bool) string {
         oifname != "%[1]s" oifname != "lo" ip daddr %[2]s counter drop
     }
 }
-`, realNodeBridges, realNodeRange, rest)
+`, realNodeBridges, realNodeRange, uplinkRules)
+}
+
+// allowPodPort lets pods reach a host port on the node addresses (the apiserver's forwarder).
+func allowPodPort(port int) error {
+	return runCmd("nft", "add", "element", "inet", "kubeenv", "pod_tcp_ports", fmt.Sprintf("{ %d }", port))
+}
+
+// uplinks are the interfaces the machine's default routes leave by.
+func uplinks() []string {
+	var out []string
+	for _, family := range []string{"-4", "-6"} {
+		data, _ := exec.Command("ip", family, "route", "show", "default").Output()
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] == "dev" && !slices.Contains(out, f[i+1]) {
+					out = append(out, f[i+1])
+				}
+			}
+		}
+	}
+	return out
 }
 
 // hostUp records the machine's state, then makes each node's bridge with its address, the routes (the Service range on the bridge, the rest of the range
@@ -106,10 +142,6 @@ func hostUp(cfg config) error {
 		if err := os.WriteFile(recordFile(cfg.stateDir), data, 0o600); err != nil {
 			return err
 		}
-	}
-	rec, err := readRecord(cfg.stateDir)
-	if err != nil {
-		return err
 	}
 	var cmds [][]string
 	for _, n := range realNodesOf(cfg) {
@@ -132,7 +164,7 @@ func hostUp(cfg config) error {
 	if err := makeCgroupRoot(); err != nil {
 		return err
 	}
-	if err := runInput(containmentRules(rec.Sysctls["net.ipv4.ip_forward"] == "1"), "nft", "-f", "-"); err != nil {
+	if err := runInput(containmentRules(uplinks()), "nft", "-f", "-"); err != nil {
 		return err
 	}
 	// Service traffic between pods on one bridge needs bridged packets to pass netfilter
@@ -191,17 +223,18 @@ func cleanupHost(stateDir string) error {
 		errs = append(errs, runCmd("ip", "link", "del", filepath.Base(b)))
 	}
 	_ = runCmd("ip", "route", "del", "blackhole", realNodeRange)
-	errs = append(errs, restoreNftables(rec.NftChains)...)
+	// Sysctls first (forwarding off again), then the containment rules go.
 	keys := make([]string, 0, len(rec.Sysctls))
 	for k := range rec.Sysctls {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys) // ip_forward resets the per-interface forwarding flags: restore it first
+	sort.Strings(keys) // values are re-read before each write: ip_forward also resets conf.*.forwarding
 	for _, k := range keys {
 		if cur, err := readSysctl(k); err == nil && cur != rec.Sysctls[k] {
 			errs = append(errs, writeSysctl(k, rec.Sysctls[k]))
 		}
 	}
+	errs = append(errs, restoreNftables(rec.NftChains)...)
 	for _, p := range rec.MissingPaths {
 		errs = append(errs, removeFixedPath(p, stateDir))
 	}
@@ -243,45 +276,73 @@ func ourPids(stateDir string) []int {
 			continue // a zombie is already dead
 		}
 		args := strings.Split(string(cmdline), "\x00")
-		if slices.Contains(args, "cleanup") {
+		if len(args) > 1 && args[1] == "cleanup" {
 			continue // `kubeenv cleanup` itself
 		}
-		if strings.Contains(string(cmdline), stateDir) || strings.Contains(string(cgroups), ":/"+cgroupRoot+"/") ||
-			strings.HasSuffix(strings.TrimSpace(string(cgroups)), ":/"+cgroupRoot) {
+		if slices.ContainsFunc(args, func(a string) bool { return namesPathUnder(a, stateDir) }) ||
+			inCgroup(string(cgroups), "/"+cgroupRoot) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
+// namesPathUnder: an argument is dir or a path below it, alone or as a flag's value
+// (`--config=<dir>/x`), so another state dir that merely starts the same is not ours.
+func namesPathUnder(arg, dir string) bool {
+	if i := strings.IndexByte(arg, '='); strings.HasPrefix(arg, "-") && i > 0 {
+		arg = arg[i+1:]
+	}
+	return arg == dir || strings.HasPrefix(arg, dir+"/")
+}
+
+// inCgroup: one of the process's cgroup lines (id:controllers:path) is root or below it.
+func inCgroup(cgroups, root string) bool {
+	for _, line := range strings.Split(strings.TrimSpace(cgroups), "\n") {
+		if parts := strings.SplitN(line, ":", 3); len(parts) == 3 && (parts[2] == root || strings.HasPrefix(parts[2], root+"/")) {
+			return true
+		}
+	}
+	return false
+}
+
 // unmountUnder detaches every mount below dir, deepest first (volumes, rootfs, netns, the
 // kubelet's bind mount of its root dir).
 func unmountUnder(dir string) []error {
-	var errs []error
 	for range 5 {
-		data, err := os.ReadFile("/proc/self/mountinfo")
+		targets, err := mountsUnder(dir)
 		if err != nil {
 			return []error{err}
-		}
-		var targets []string
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-				targets = append(targets, unescapeMount(f[4]))
-			}
 		}
 		if len(targets) == 0 {
 			return nil
 		}
-		sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
-		errs = nil
 		for _, t := range targets {
-			if err := syscall.Unmount(t, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
-				errs = append(errs, fmt.Errorf("unmount %s: %w", t, err))
+			_ = syscall.Unmount(t, syscall.MNT_DETACH)
+		}
+	}
+	if left, _ := mountsUnder(dir); len(left) > 0 {
+		return []error{fmt.Errorf("still mounted under %s: %s", dir, strings.Join(left, ", "))}
+	}
+	return nil
+}
+
+// mountsUnder lists the mount points at or below dir, deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var targets []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			if t := unescapeMount(f[4]); t == dir || strings.HasPrefix(t, dir+"/") {
+				targets = append(targets, t)
 			}
 		}
 	}
-	return errs
+	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
+	return targets, nil
 }
 
 func unescapeMount(s string) string {
@@ -374,9 +435,17 @@ func nftRuleset() ([]map[string]map[string]any, error) {
 	return doc.Nftables, nil
 }
 
-// restoreNftables deletes the tables that did not exist before (ours, kube-proxy's, the
-// iptables-nft tables the kubelet or portmap created) and, in tables that did, the new
-// chains and the rules that jump to them.
+// ourTables are the nftables tables only real nodes make: ours and kube-proxy's.
+var ourTables = []string{"inet kubeenv", "ip kube-proxy", "ip6 kube-proxy"}
+
+// ourChain: the kubelet's and the CNI plugins' iptables(-nft) chains.
+func ourChain(name string) bool {
+	return strings.HasPrefix(name, "KUBE-") || strings.HasPrefix(name, "CNI-")
+}
+
+// restoreNftables deletes our tables, and the kubelet's KUBE-* chains (with the rules that
+// jump to them) that were not there before; an iptables-nft table that did not exist before
+// goes too once it is empty. Nobody else's tables, chains or rules are touched.
 func restoreNftables(before []string) []error {
 	had := map[string]bool{}
 	for _, c := range before {
@@ -389,16 +458,10 @@ func restoreNftables(before []string) []error {
 	var errs []error
 	newChain := map[string]bool{}
 	for _, item := range ruleset {
-		if t, ok := item["table"]; ok {
-			key := fmt.Sprintf("%s %s", t["family"], t["name"])
-			if !had[key] {
-				errs = append(errs, runCmd("nft", "delete", "table", fmt.Sprint(t["family"]), fmt.Sprint(t["name"])))
-			}
-		}
 		if c, ok := item["chain"]; ok {
+			key := fmt.Sprintf("%s %s %s", c["family"], c["table"], c["name"])
 			table := fmt.Sprintf("%s %s", c["family"], c["table"])
-			key := table + " " + fmt.Sprint(c["name"])
-			if had[table] && !had[key] {
+			if !had[key] && ourChain(fmt.Sprint(c["name"])) && !slices.Contains(ourTables, table) {
 				newChain[key] = true
 			}
 		}
@@ -409,9 +472,6 @@ func restoreNftables(before []string) []error {
 			continue
 		}
 		table := fmt.Sprintf("%s %s", r["family"], r["table"])
-		if !had[table] {
-			continue
-		}
 		for _, target := range jumpTargets(r["expr"]) {
 			if newChain[table+" "+target] && !newChain[table+" "+fmt.Sprint(r["chain"])] {
 				errs = append(errs, runCmd("nft", "delete", "rule", fmt.Sprint(r["family"]), fmt.Sprint(r["table"]),
@@ -427,7 +487,39 @@ func restoreNftables(before []string) []error {
 		f := strings.Fields(key)
 		errs = append(errs, runCmd("nft", "delete", "chain", f[0], f[1], f[2]))
 	}
+	for _, table := range ourTables {
+		f := strings.Fields(table)
+		if exec.Command("nft", "list", "table", f[0], f[1]).Run() == nil {
+			errs = append(errs, runCmd("nft", "delete", "table", f[0], f[1]))
+		}
+	}
+	// iptables-nft tables the kubelet created (filter, nat, mangle), once nothing is left in them.
+	if ruleset, err = nftRuleset(); err == nil {
+		for _, item := range ruleset {
+			t, ok := item["table"]
+			key := fmt.Sprintf("%s %s", t["family"], t["name"])
+			if ok && !had[key] && tableIsEmpty(ruleset, t) {
+				errs = append(errs, runCmd("nft", "delete", "table", fmt.Sprint(t["family"]), fmt.Sprint(t["name"])))
+			}
+		}
+	}
 	return errs
+}
+
+// tableIsEmpty: the table has no rules, sets or maps, and its chains are all built-in ones
+// without rules (what iptables-nft leaves behind).
+func tableIsEmpty(ruleset []map[string]map[string]any, t map[string]any) bool {
+	for _, item := range ruleset {
+		for kind, obj := range item {
+			if kind == "table" || kind == "metainfo" || obj["family"] != t["family"] || obj["table"] != t["name"] {
+				continue
+			}
+			if kind != "chain" || ourChain(fmt.Sprint(obj["name"])) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // jumpTargets finds the chains a rule's expressions jump or go to.

@@ -3,7 +3,8 @@
 // built from Kubernetes' own Go modules, plus a small volume provisioner, and (optionally)
 // kwok as a child process acting as the kubelet of fake GPU nodes.
 //
-// Everything listens on 127.0.0.1 only. State (certificates, etcd data, kubeconfig, logs,
+// Everything listens on 127.0.0.1 only, except with --real-nodes (realnode.go: kubelets and
+// CoreDNS on node addresses that exist only on this machine's bridges). State (certificates, etcd data, kubeconfig, logs,
 // volumes) lives in --state-dir. When the cluster is ready (apiserver /readyz ok, the
 // default ServiceAccount exists and every fake node is Ready) the file <state-dir>/ready is
 // written; SIGTERM/SIGINT stop everything cleanly and remove it.
@@ -62,6 +63,11 @@ func main() {
 			os.Exit(sub(os.Args[2:]))
 		}
 	}
+	// Everything here talks to this machine only; a proxy from the user's environment would turn
+	// the apiserver's connections to real kubelets (non-loopback addresses) into CONNECTs elsewhere.
+	for _, v := range []string{"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"} {
+		_ = os.Unsetenv(v)
+	}
 	var cfg config
 	// Our own flag set: packages linked in for the kubelet register flags of the same names
 	// (e.g. cadvisor's --containerd) on the global one.
@@ -79,7 +85,7 @@ func main() {
 	fs.IntVar(&cfg.realNodes, "real-nodes", 0, "number of real nodes (kubelet + containerd; needs root)")
 	fs.StringVar(&cfg.containerdPath, "containerd", "", "containerd binary; containerd-shim-runc-v2 and ctr sit next to it")
 	fs.StringVar(&cfg.runcPath, "runc", "/usr/sbin/runc", "runc binary of the real nodes")
-	fs.StringVar(&cfg.cniBinDir, "cni-bin-dir", "/usr/lib/cni", "CNI plugins (bridge, host-local, loopback, portmap)")
+	fs.StringVar(&cfg.cniBinDir, "cni-bin-dir", "/usr/lib/cni", "CNI plugins (bridge, host-local, loopback)")
 	fs.Var(&cfg.images, "image", "image archive (OCI or docker-archive) imported into every real node; repeatable")
 	_ = fs.Set("logtostderr", "true")
 	_ = fs.Parse(os.Args[1:])

@@ -16,7 +16,8 @@ import (
 
 // nodePKI is the node CA and what it signed: each kubelet's serving certificate (so the
 // apiserver verifies the kubelet it reaches for logs and exec) and the apiserver's client
-// certificate for kubelets (so a kubelet serves only the apiserver, never anonymous pods).
+// certificate for kubelets (a kubelet authenticates nothing else: no anonymous access, no
+// bearer tokens, so a pod's ServiceAccount token gets nowhere there).
 type nodePKI struct {
 	caFile, clientCert, clientKey string
 	kubeletCert, kubeletKey       map[string]string

@@ -79,24 +79,26 @@ func (n realNode) containerdSock() string {
 // realCluster holds the processes of the real nodes, stopped in reverse start order.
 type realCluster struct {
 	children []*childProcess
+	anyExit  chan struct{} // closed when any child exits
+	once     sync.Once
 }
 
-func (r *realCluster) add(c *childProcess) { r.children = append(r.children, c) }
+func newRealCluster() *realCluster { return &realCluster{anyExit: make(chan struct{})} }
 
-// exited is closed when any real-node process exits on its own.
+func (r *realCluster) add(c *childProcess) {
+	r.children = append(r.children, c)
+	go func() {
+		<-c.exited
+		r.once.Do(func() { close(r.anyExit) })
+	}()
+}
+
+// exited is closed when any real-node process exits (nil, never ready, without real nodes).
 func (r *realCluster) exited() <-chan struct{} {
-	if r == nil || len(r.children) == 0 {
+	if r == nil {
 		return nil
 	}
-	out := make(chan struct{})
-	var once sync.Once
-	for _, c := range r.children {
-		go func() {
-			<-c.exited
-			once.Do(func() { close(out) })
-		}()
-	}
-	return out
+	return r.anyExit
 }
 
 func (r *realCluster) stop() {
@@ -116,7 +118,7 @@ func startRealNodes(ctx context.Context, cfg config, api *apiServer, creds crede
 	if err != nil {
 		return nil, err
 	}
-	r := &realCluster{}
+	r := newRealCluster()
 	for _, n := range realNodesOf(cfg) {
 		if err := os.MkdirAll(filepath.Join(n.dir, "containerd"), 0o700); err != nil {
 			return r, err
@@ -157,7 +159,7 @@ func startRealNodes(ctx context.Context, cfg config, api *apiServer, creds crede
 	return r, nil
 }
 
-// containerdConfig is containerd 2.x's configuration (version 3) for one node: state under
+// containerdConfig is containerd 2.x's configuration (version 4) for one node: state under
 // the node's directory, runc with cgroupfs, the CNI bridge, the sandbox image built here, and
 // a registry configuration that sends every pull to a refusing loopback address.
 func containerdConfig(cfg config, n realNode) string {
@@ -204,6 +206,9 @@ imports = []
 		sandboxImage, filepath.Join(d, "certs.d"), cfg.runcPath, cfg.cniBinDir, filepath.Join(d, "cni"))
 }
 
+// (No portmap plugin: hostPort would need SNAT with route_localnet, i.e. a way for pods to
+// reach the host's loopback services.)
+
 // registryHosts is the hosts.toml of `_default`, i.e. of every registry: any pull or
 // resolve goes to a loopback port where nothing listens.
 const registryHosts = `server = "` + refusingProxy + `"
@@ -232,8 +237,7 @@ func cniConfig(n realNode) string {
         "ranges": [[{"subnet": %q, "gateway": %q}]],
         "routes": [{"dst": %q}]
       }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+    }
   ]
 }
 `, n.bridge, filepath.Join(n.dir, "cni-ipam"), n.podCIDR, n.ip, realNodeRange)
@@ -309,7 +313,7 @@ rotateCertificates: false
 serverTLSBootstrap: false
 authentication:
   anonymous: {enabled: false}
-  webhook: {enabled: true}
+  webhook: {enabled: false}
   x509: {clientCAFile: %[5]q}
 authorization: {mode: Webhook}
 cgroupDriver: cgroupfs

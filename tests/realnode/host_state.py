@@ -67,8 +67,20 @@ def sysctls() -> dict[str, str]:
     return values
 
 
+def _names_path_under(arg: str, directory: str) -> bool:
+    if arg.startswith("-") and "=" in arg:
+        arg = arg.split("=", 1)[1]
+    return arg == directory or arg.startswith(directory + "/")
+
+
+def _in_pod_cgroups(cgroup: str) -> bool:
+    paths = [line.split(":", 2)[2] for line in cgroup.splitlines() if line.count(":") >= 2]
+    return any(p == "/kubeenv" or p.startswith("/kubeenv/") for p in paths)
+
+
 def processes(state_dir: str) -> list[str]:
-    """Processes of real nodes: naming the state dir, a containerd shim, or in the pods' cgroups."""
+    """Processes of real nodes: an argument names the state dir (control plane, containerd, its
+    shims, kubelet, kube-proxy, CoreDNS), or they sit in the pods' cgroups (containers)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -76,12 +88,12 @@ def processes(state_dir: str) -> list[str]:
         try:
             if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                 continue  # already dead, waiting to be reaped
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
             cgroup = (proc / "cgroup").read_text()
         except (OSError, IndexError):
             continue
-        if state_dir in cmdline or "containerd-shim" in cmdline or ":/kubeenv" in cgroup:
-            found.append(f"{proc.name} {cmdline.strip()}")
+        if any(_names_path_under(a, state_dir) for a in args) or _in_pod_cgroups(cgroup):
+            found.append(f"{proc.name} {' '.join(args).strip()}")
     return found
 
 

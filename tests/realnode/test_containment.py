@@ -79,6 +79,25 @@ def test_forwarding_only_between_bridges_and_the_range_never_leaves_them(kubeenv
             assert "meta mark" in line or "@hairpin-connections" in line, line
 
 
+def test_pods_reach_the_host_only_at_dns_and_the_api(
+    kubeenv: Any, namespace: str, apply_yaml: Callable[..., Any]
+) -> None:
+    chain = _nft_json("list", "chain", "inet", "kubeenv", "input")
+    rules = [json.dumps(item["rule"]["expr"]) for item in chain if "rule" in item]
+    # First: from a bridge, anything not for the range (the host's loopback, other addresses) is dropped.
+    assert '"!="' in rules[0] and "198.18.0.0" in rules[0] and '"drop"' in rules[0], rules[0]
+    ports = _nft_json("list", "set", "inet", "kubeenv", "pod_tcp_ports")[1]["set"]["elem"]
+    server = kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}")
+    assert ports == [int(server.rsplit(":", 1)[1])]  # the apiserver's port, nothing else
+    # From a pod, the kubelet's port on the node address is closed; DNS answers.
+    script = ("nc -w 3 198.18.64.1 10250 </dev/null; echo kubelet=$?;"
+              " nslookup kubernetes.default.svc.cluster.local")
+    apply_yaml(real_pod("host", script), namespace)
+    wait_for(lambda: pod_phase("host", namespace), timeout=120)
+    out = kubectl("logs", "host", "-n", namespace)
+    assert "kubelet=1" in out and "Address: 198.19.0.1" in out, out
+
+
 def test_cluster_dns_forwards_nothing(kubeenv: Any, namespace: str, apply_yaml: Callable[..., Any]) -> None:
     corefile = (REAL_STATE_DIR / "Corefile").read_text()
     assert "forward" not in corefile and "proxy" not in corefile
@@ -139,7 +158,11 @@ def test_real_node_processes_listen_only_on_loopback_or_node_addresses(kubeenv: 
     bound = []
     for entry in processes(STATE):
         pid = entry.split()[0]
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue  # it exited meanwhile
+        for fd in fds:
             try:
                 target = os.readlink(fd)
             except OSError:
