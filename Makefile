@@ -9,7 +9,7 @@ TRAINER_PYTHON ?= $(shell ls -d $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python 2>/
 TRAINER_VENV ?= $(CACHE_DIR)/trainer-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup lint crd crd-check unit integration realnode trainer-setup trainer-test test demo kubeenv-up kubeenv-down clean
+.PHONY: setup lint crd crd-check unit integration realnode e2e trainer-setup trainer-test test demo kubeenv-up kubeenv-down clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ realnode: setup
 	hack/kubeenv build --real-nodes 1 >/dev/null
 	$(VENV)/bin/pytest -q tests/realnode $(PYTEST_ARGS)
 
+# End to end (root): both images built here from their Dockerfiles (hack/images), the chart installed
+# on a real node, real Axolotl training in pods. Needs the trainer venv (its Axolotl goes into the image).
+e2e: setup trainer-setup
+	hack/kubeenv build --real-nodes 1 >/dev/null
+	hack/images build all >/dev/null
+	$(VENV)/bin/pytest -q tests/e2e $(PYTEST_ARGS)
+
 # --- trainer tier (trainer-image/, tests/trainer) ---
 trainer-setup:
 	hack/trainer-venv "$(TRAINER_PYTHON)" "$(TRAINER_VENV)"
@@ -68,7 +75,7 @@ trainer-test: setup trainer-setup
 	$(TRAINER_VENV)/bin/python -m pytest -q tests/trainer $(PYTEST_ARGS)
 # --- end trainer tier ---
 
-test: lint unit integration realnode trainer-test
+test: lint unit integration realnode e2e trainer-test
 
 demo: setup
 	hack/demo

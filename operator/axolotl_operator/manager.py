@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -82,6 +83,8 @@ def run_operator(args: argparse.Namespace) -> int:
     try:
         kopf.run(
             standalone=True,
+            # Kopf would name itself after the user, and images run as a uid with no passwd entry.
+            identity=f"axolotl-operator@{socket.gethostname()}",  # type: ignore[arg-type]
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=getattr(args, "liveness", None) or None,

@@ -1,0 +1,43 @@
+"""Fixtures for the end-to-end tier: the product as users run it, on a real node.
+
+- ``kubeenv`` (session): the control plane with one real node (as in tests/realnode).
+- ``images`` (session): the operator and trainer images built from the repository's
+  Dockerfiles (``hack/images``) and imported into the real node.
+- ``release`` (session): ``helm install`` of charts/axolotl-operator with values only (the local
+  images, the real node's selector and toleration); the operator runs in-cluster.
+- ``namespace``, ``kubectl``, ``kubectl_json``, ``apply_yaml``, ``wait_for``: as in the other tiers.
+Helpers: e2e_support.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from e2e_support import REAL_ENV, Release, build_and_load_images, helpers, install_release
+
+namespace = helpers.namespace
+kubectl_fixture = helpers.kubectl_fixture
+kubectl_json_fixture = helpers.kubectl_json_fixture
+apply_yaml_fixture = helpers.apply_yaml_fixture
+wait_for_fixture = helpers.wait_for_fixture
+helm = helpers.helm
+
+
+@pytest.fixture(scope="session")
+def kubeenv() -> Iterator[Any]:
+    """The control plane with one real node, started once per session."""
+    yield from helpers.kubeenv_session(("--real-nodes", "1"), REAL_ENV)
+
+
+@pytest.fixture(scope="session")
+def images(kubeenv: Any) -> dict[str, str]:
+    """Image references of the operator and the trainer, present on the real node."""
+    return build_and_load_images()
+
+
+@pytest.fixture(scope="session")
+def release(images: dict[str, str], helm: Any) -> Iterator[Release]:
+    """The operator installed by its Helm chart, ready."""
+    yield from install_release(images)
