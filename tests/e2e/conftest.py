@@ -15,29 +15,25 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_support import REAL_ENV, Release, build_and_load_images, helpers, install_release
-
-namespace = helpers.namespace
-kubectl_fixture = helpers.kubectl_fixture
-kubectl_json_fixture = helpers.kubectl_json_fixture
-apply_yaml_fixture = helpers.apply_yaml_fixture
-wait_for_fixture = helpers.wait_for_fixture
-helm = helpers.helm
-
-
-@pytest.fixture(scope="session")
-def kubeenv() -> Iterator[Any]:
-    """The control plane with one real node, started once per session."""
-    yield from helpers.kubeenv_session(("--real-nodes", "1"), REAL_ENV)
+from e2e_support import Release, build_and_load_images, install_release
+from realnode_support import (  # noqa: F401  (fixtures: a conftest registers the names it holds)
+    apply_yaml_fixture,
+    helm,
+    kubectl_fixture,
+    kubectl_json_fixture,
+    kubeenv,
+    namespace,
+    wait_for_fixture,
+)
 
 
 @pytest.fixture(scope="session")
-def images(kubeenv: Any) -> dict[str, str]:
+def images(kubeenv: Any) -> dict[str, str]:  # noqa: F811  (the fixture, by name)
     """Image references of the operator and the trainer, present on the real node."""
     return build_and_load_images()
 
 
 @pytest.fixture(scope="session")
-def release(images: dict[str, str], helm: Any) -> Iterator[Release]:
+def release(images: dict[str, str], helm: Any) -> Iterator[Release]:  # noqa: F811
     """The operator installed by its Helm chart, ready."""
     yield from install_release(images)

@@ -3,7 +3,6 @@ cluster (a busybox pod on the real node), so the checks see what a pod sees."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,14 +15,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "axolotl_realnode_support", ROOT / "tests/realnode/realnode_support.py"
-)
-assert _spec and _spec.loader
-realnode = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = realnode
-_spec.loader.exec_module(realnode)
-helpers = realnode.helpers
+sys.path.insert(0, str(ROOT / "tests" / "realnode"))
+import realnode_support as realnode  # noqa: E402  (the real-node tier's helpers and fixtures)
+
 kubectl, kubectl_json = realnode.kubectl, realnode.kubectl_json
 apply_yaml, wait_for = realnode.apply_yaml, realnode.wait_for
 real_pod, pod_phase = realnode.real_pod, realnode.pod_phase

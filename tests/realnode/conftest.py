@@ -11,24 +11,15 @@ Pod builders and constants: realnode_support.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from realnode_support import REAL_ENV, helpers
-
-# The integration tier's fixtures, resolved here against this tier's `kubeenv`.
-namespace = helpers.namespace
-kubectl_fixture = helpers.kubectl_fixture
-kubectl_json_fixture = helpers.kubectl_json_fixture
-apply_yaml_fixture = helpers.apply_yaml_fixture
-wait_for_fixture = helpers.wait_for_fixture
-
-
-@pytest.fixture(scope="session")
-def kubeenv() -> Iterator[Any]:
-    """The control plane with one real node, started once per session."""
-    yield from helpers.kubeenv_session(("--real-nodes", "1"), REAL_ENV)
+from realnode_support import (  # noqa: F401  (fixtures: a conftest registers the names it holds)
+    apply_yaml_fixture,
+    kubectl_fixture,
+    kubectl_json_fixture,
+    kubeenv,
+    namespace,
+    wait_for_fixture,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

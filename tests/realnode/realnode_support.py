@@ -7,8 +7,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
@@ -31,6 +34,22 @@ KUBEENV = ROOT / "hack" / "kubeenv"
 BUSYBOX = "localhost/kubeenv/busybox:1"
 NODE_SELECTOR = {"kubeenv.axolotl.ai/node": "real"}
 TOLERATION = {"key": "kubeenv.axolotl.ai/real-node", "operator": "Exists", "effect": "NoSchedule"}
+
+
+# The fixtures of every tier that runs on the real node (tests/realnode, tests/e2e): the integration
+# tier's, resolved against this `kubeenv`. A conftest registers them by importing them.
+namespace = helpers.namespace
+kubectl_fixture = helpers.kubectl_fixture
+kubectl_json_fixture = helpers.kubectl_json_fixture
+apply_yaml_fixture = helpers.apply_yaml_fixture
+wait_for_fixture = helpers.wait_for_fixture
+helm = helpers.helm
+
+
+@pytest.fixture(scope="session")
+def kubeenv() -> Iterator[Any]:
+    """The control plane with one real node, started once per session."""
+    yield from helpers.kubeenv_session(("--real-nodes", "1"), REAL_ENV)
 
 
 def real_pod(

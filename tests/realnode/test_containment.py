@@ -64,6 +64,11 @@ def test_forwarding_only_between_bridges_and_the_range_never_leaves_them(kubeenv
     # First rule accepts bridge -> bridge; every later one drops.
     assert '"accept": null' in forward[0] and forward[0].count("kubeenv*") == 2
     assert all('"drop": null' in r for r in forward[1:]) and len(forward) >= 3
+    # ...and nothing is forwarded from or to the interfaces of the machine's default routes.
+    uplinks = {r.split(" dev ")[1].split()[0] for r in _out("ip", "route", "show", "default").splitlines()}
+    for uplink in uplinks:
+        for side in ("iifname", "oifname"):
+            assert any(f'"{side}"' in r and f'"{uplink}"' in r for r in forward[1:]), (side, uplink, forward)
     # Anything from or to 198.18.0.0/15 on another interface than a bridge or lo is dropped.
     for field in ("saddr", "daddr"):
         drops = [r for r in post if '"drop": null' in r and "198.18.0.0" in r]
