@@ -151,6 +151,10 @@ def _clip(text: str, limit: int = MAX_DETAIL) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _completion_index(pod: Obj) -> str | None:
+    return (_get(pod, "metadata", "annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+
+
 def _time_key(pod: Obj) -> str:
     term = _terminated(pod) or {}
     return str(term.get("finishedAt") or _get(pod, "metadata", "creationTimestamp", default=""))
@@ -285,7 +289,11 @@ def observe(
     )
 
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
-        ok = next((p for p in reversed(finished) if _get(p, "status", "phase") == "Succeeded"), None)
+        succeeded = [p for p in finished if _get(p, "status", "phase") == "Succeeded"]
+        # Rank 0 (completion index 0 of a multi-node job) holds the run's numbers; the others only
+        # report their own outcome.
+        ok = next((p for p in reversed(succeeded) if _completion_index(p) in (None, "0")), None)
+        ok = ok or (succeeded[-1] if succeeded else None)
         summary = parse_summary(_get(_terminated(ok), "message")) if ok else None
         return Observation(SUCCEEDED, "Succeeded", _success_message(summary, facts)), summary or last_summary
 

@@ -193,6 +193,46 @@ def test_invalid_config_exits_78_naming_the_key_without_training(
     assert progress_server.received == []
 
 
+def test_two_cpu_nodes_rendezvous_and_train_one_model(
+    tiny_model: TinyModel, progress_server: ProgressServer, tmp_path: Path
+) -> None:
+    """The multi-node path on loopback: two runners (NNODES=2, NODE_RANK 0/1, as an Indexed Job's pods
+    get them) start torchrun over gloo, train one model, and only rank 0 reports and saves."""
+    config = cpu_lora_config(tiny_model, tmp_path, max_steps=6, save_steps=3)
+    port = str(free_port())
+    runners = []
+    for rank in (0, 1):
+        pod = tmp_path / f"rank{rank}"
+        pod.mkdir()
+        env = runner_env(pod, config, AXOLOTL_PROGRESS_URL=progress_server.url, NNODES="2",
+                         NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        env["BASE_VOLUME"] = str(tmp_path)  # the shared claim
+        runners.append((pod, start_runner(pod, env)))
+    results = []
+    for pod, proc in runners:
+        try:
+            code = proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        results.append((code, (pod / "runner.log").read_text(errors="replace"),
+                        json.loads((pod / "termination-log").read_bytes())))
+
+    for code, output, summary in results:
+        assert code == 0, _tail(output)
+        assert "--launcher=torchrun" in output and "--nnodes=2" in output
+        assert summary["outcome"] == "succeeded"
+        # Each process trained its half of one data-parallel run (transformers warns when a process
+        # group exists but the Trainer runs alone, i.e. two separate trainings).
+        assert "parallel_mode != ParallelMode.DISTRIBUTED" not in output
+    rank0 = results[0][2]
+    assert rank0["steps"] == rank0["totalSteps"] == 6  # rank 0 holds the numbers
+    out = tmp_path / "outputs" / "tiny"
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    finals = [r.body for r in progress_server.received if r.body["final"]]
+    assert [f["step"] for f in finals] == [6]  # rank 0 alone reports
+
+
 def test_dead_progress_endpoint_does_not_stop_training(tiny_model: TinyModel, tmp_path: Path) -> None:
     # An endpoint that accepts connections and never answers: every POST must time out.
     sink = socket.socket()

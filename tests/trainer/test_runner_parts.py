@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from axolotl_job_runner import cpu_compat
 from axolotl_job_runner.checkpoints import last_checkpoint
 from axolotl_job_runner.contract import (
     ProgressReport,
@@ -334,3 +335,27 @@ def test_runner_package_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# ---- Axolotl in several CPU processes (cpu_compat) ----
+
+
+def test_cpu_compat_applies_only_to_several_processes_without_cuda() -> None:
+    assert cpu_compat.needed({"WORLD_SIZE": "2"}, cuda_available=False)
+    assert not cpu_compat.needed({"WORLD_SIZE": "2"}, cuda_available=True)  # a GPU job runs Axolotl as is
+    assert not cpu_compat.needed({"WORLD_SIZE": "1"}, cuda_available=False)
+    assert not cpu_compat.needed({}, cuda_available=False)
+    assert not cpu_compat.needed({"WORLD_SIZE": "two"}, cuda_available=False)
+
+
+def test_cpu_compat_places_a_cpu_process_model_on_the_cpu() -> None:
+    def normalize(cfg: dict[str, object]) -> str:  # what Axolotl's normalize_config does with WORLD_SIZE > 1
+        cfg["device_map"] = {"": 0}
+        return "normalized"
+
+    on_cpu = {"device": "cpu"}
+    assert cpu_compat.cpu_device_map(normalize)(on_cpu) == "normalized"
+    assert on_cpu["device_map"] == {"": "cpu"}
+    on_gpu = {"device": "cuda:0"}
+    cpu_compat.cpu_device_map(normalize)(on_gpu)
+    assert on_gpu["device_map"] == {"": 0}

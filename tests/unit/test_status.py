@@ -186,6 +186,19 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
     assert cond(result, "Stalled")["status"] == "False"
 
 
+def test_multi_node_success_takes_rank_zeros_numbers_whichever_pod_finished_last():
+    rank0 = pod("Succeeded", name="demo-0-a", finished=T0,
+                state=terminated(0, summary(outcome="succeeded", exitCode=0, steps=40, totalSteps=40,
+                                            finalLoss=0.5), reason="Completed"))
+    rank1 = pod("Succeeded", name="demo-1-b", finished=T1,
+                state=terminated(0, summary(outcome="succeeded", exitCode=0), reason="Completed"))
+    for index, obj in (("0", rank0), ("1", rank1)):
+        obj["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": index}
+    result = run(job(("Complete", "", ""), succeeded=2), [rank1, rank0])
+    assert "40/40 steps" in result.status["message"]
+    assert result.status["progress"]["step"] == 40 and result.status["progress"]["loss"] == 0.5
+
+
 def test_complete_without_summary_uses_the_configured_output_dir():
     done = pod("Succeeded", state=terminated(0, "some log text", reason="Completed"))
     result = run(job(("Complete", "", ""), succeeded=1), [done])

@@ -13,6 +13,7 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
+from . import cpu_compat
 from .contract import ProgressReport, utc_now
 from .progress import ProgressReporter
 from .settings import STATE_FILE_ENV
@@ -104,6 +105,10 @@ class ProgressCallback(TrainerCallback):
 
 class JobRunnerPlugin(BasePlugin):
     """Adds ProgressCallback to the Trainer Axolotl builds."""
+
+    def register(self, cfg: Any) -> None:
+        # Called by Axolotl's load_cfg before it normalizes the config and probes the GPUs.
+        cpu_compat.apply_if_needed(ddp_timeout=cfg.get("ddp_timeout"))
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
         return [ProgressCallback()]
