@@ -9,7 +9,7 @@ TRAINER_PYTHON ?= $(shell ls -d $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python 2>/
 TRAINER_VENV ?= $(CACHE_DIR)/trainer-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup lint crd crd-check unit integration realnode e2e trainer-setup trainer-test test demo kubeenv-up kubeenv-down clean
+.PHONY: setup lint crd crd-check unit integration realnode e2e trainer-setup trainer-test test demo demo-train kubeenv-up kubeenv-down clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ test: lint unit integration realnode e2e trainer-test
 
 demo: setup
 	hack/demo
+
+# The demo with real training (root): a real node, both images, the chart, a tiny job trained on the CPU.
+demo-train: setup trainer-setup
+	hack/demo-train/run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,9 +1,11 @@
 """Delivering progress reports without ever slowing or failing the training.
 
 The training thread only calls `submit()`, which swaps one reference under a lock. A daemon
-thread writes the state file (read by the runner for metrics and the summary) and POSTs the
-newest report at most every 5 s, plus the final one; slow or dead endpoints only cost that
-thread its bounded timeouts, and reports that could not be sent are coalesced, not queued.
+thread writes the state file (read by the runner for metrics and the summary) as soon as a report
+arrives, and hands the newest report to a POST thread at most every 5 s, plus the final one. One POST
+is in flight at a time and the state file never waits for it: an endpoint that hangs (a replaced
+operator, a stuck DNS lookup, a server trickling bytes) delays only delivery, never the numbers the
+runner reports. Reports that could not be sent are coalesced, not queued.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class ProgressReporter:
         self._unsent: ProgressReport | None = None
         self._unwritten: ProgressReport | None = None
         self._closing = False
+        self._posting = False
         self._last_post = float("-inf")
         self._last_error_log = float("-inf")
         self._thread = threading.Thread(target=self._run, name="axolotl-progress", daemon=True)
@@ -113,32 +116,49 @@ class ProgressReporter:
         self._wake.set()
         self._thread.join(timeout)
 
-    def _take(self) -> tuple[ProgressReport | None, ProgressReport | None, bool, bool]:
+    def _take(self) -> tuple[ProgressReport | None, ProgressReport | None, bool, bool, bool]:
+        """(to write, to post, closing, a report waits for the interval, a POST is in flight)."""
         with self._lock:
             closing = self._closing
             unwritten, self._unwritten = self._unwritten, None
-            due = closing or (time.monotonic() - self._last_post) >= self.interval
+            if self.url is None:
+                self._unsent = None
+            busy = self._posting
+            due = not busy and (closing or (time.monotonic() - self._last_post) >= self.interval)
             unsent = None
             if due and self._unsent is not None:
                 unsent, self._unsent = self._unsent, None
-            return unwritten, unsent, closing, self._unsent is not None
+                self._posting = busy = True
+            return unwritten, unsent, closing, self._unsent is not None, busy
 
     def _run(self) -> None:
         while True:
-            unwritten, unsent, closing, pending = self._take()
+            unwritten, unsent, closing, pending, busy = self._take()
             if unwritten is not None and self.state_file is not None:
                 try:
                     write_json_atomic(self.state_file, unwritten.to_payload())
                 except OSError as exc:
                     LOG.debug("could not write progress state file: %s", exc)
-            if unsent is not None and self.url:
-                self._post(unsent)
-            if closing:
+            if unsent is not None:
+                threading.Thread(
+                    target=self._post_then_wake, args=(unsent,), name="axolotl-progress-post", daemon=True
+                ).start()
+            if closing and not pending and not busy:
                 return
-            # with a report waiting for the interval to pass, wake up when it has
-            wait = max(0.05, self.interval - (time.monotonic() - self._last_post)) if pending else None
+            # A POST in flight wakes us when it ends; a waiting report, once the interval has passed.
+            wait = None
+            if pending and not busy:
+                wait = max(0.05, self.interval - (time.monotonic() - self._last_post))
             self._wake.wait(wait)
             self._wake.clear()
+
+    def _post_then_wake(self, report: ProgressReport) -> None:
+        try:
+            self._post(report)
+        finally:
+            with self._lock:
+                self._posting = False
+            self._wake.set()
 
     def _post(self, report: ProgressReport) -> None:
         self._last_post = time.monotonic()
