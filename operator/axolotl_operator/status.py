@@ -327,10 +327,13 @@ def observe(
         problem = pod_problem(pod, facts)
         if problem:
             return Observation(PENDING, problem[0], problem[1] + retry), last_summary
+    # A trainer that has just exited still sits in a Running pod until the kubelet records the pod's
+    # phase: it has started, so the job is not back to Pending.
     running = [
         p
         for p in active
-        if _get(p, "status", "phase") == "Running" and _get(_container_status(p), "state", "running")
+        if _get(p, "status", "phase") == "Running"
+        and {"running", "terminated"} & set(_get(_container_status(p), "state") or {})
     ]
     if running:
         nodes = sorted({_get(p, "spec", "nodeName", default="?") for p in running})

@@ -199,6 +199,14 @@ def test_multi_node_success_takes_rank_zeros_numbers_whichever_pod_finished_last
     assert result.status["progress"]["step"] == 40 and result.status["progress"]["loss"] == 0.5
 
 
+def test_a_trainer_that_just_exited_in_a_running_pod_keeps_the_job_running():
+    # The container has terminated but the kubelet has not yet moved the pod out of Running.
+    exited = pod("Running", state=terminated(0, summary(outcome="succeeded", exitCode=0), reason="Completed"))
+    result = run(job(active=1), [exited], previous={"phase": "Running", "reason": "Training"})
+    assert (result.status["phase"], result.status["reason"]) == ("Running", "Training")
+    assert result.transitions == ()
+
+
 def test_complete_without_summary_uses_the_configured_output_dir():
     done = pod("Succeeded", state=terminated(0, "some log text", reason="Completed"))
     result = run(job(("Complete", "", ""), succeeded=1), [done])
