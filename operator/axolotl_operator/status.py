@@ -14,7 +14,7 @@ from typing import Any
 
 from .api.job import CONDITION_TYPES
 from .api.secrets_guard import redact
-from .render import CONTAINER_NAME, INVALID_CONFIG_EXIT_CODE, Names
+from .render import COMPLETION_INDEX_ANNOTATION, CONTAINER_NAME, INVALID_CONFIG_EXIT_CODE, Names
 
 Obj = Mapping[str, Any]
 
@@ -152,7 +152,7 @@ def _clip(text: str, limit: int = MAX_DETAIL) -> str:
 
 
 def _completion_index(pod: Obj) -> str | None:
-    return (_get(pod, "metadata", "annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+    return (_get(pod, "metadata", "annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
 
 
 def _time_key(pod: Obj) -> str:

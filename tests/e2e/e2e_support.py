@@ -3,7 +3,6 @@ cluster (a busybox pod on the real node), so the checks see what a pod sees."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from axolotl_operator.status import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "realnode"))
@@ -201,5 +201,7 @@ def training_pods(name: str, namespace: str) -> list[dict[str, Any]]:
 
 def termination_summary(pod: dict[str, Any]) -> dict[str, Any]:
     """The runner's JSON summary from the pod's terminated container."""
-    state = pod["status"]["containerStatuses"][0]["state"]
-    return json.loads(state["terminated"]["message"])
+    message = pod["status"]["containerStatuses"][0]["state"]["terminated"].get("message")
+    summary = parse_summary(message)  # the operator's own reader
+    assert summary is not None, f"no runner summary in {pod['metadata']['name']}: {message!r}"
+    return summary

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from axolotl_operator.render import INVALID_CONFIG_EXIT_CODE
 from e2e_support import (
     OPERATOR_SELECTOR,
     Release,
@@ -21,8 +22,6 @@ from e2e_support import (
 )
 
 pytestmark = pytest.mark.e2e
-
-INVALID_CONFIG_EXIT_CODE = 78  # the runner's EX_CONFIG (trainer-image/README.md)
 
 
 def progress_step(name: str, namespace: str) -> int:

@@ -91,7 +91,6 @@ class ProgressReporter:
         self.failed = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._latest: ProgressReport | None = None
         self._unsent: ProgressReport | None = None
         self._unwritten: ProgressReport | None = None
         self._closing = False
@@ -104,7 +103,6 @@ class ProgressReporter:
     def submit(self, report: ProgressReport) -> None:
         """Hand over the newest report (called on the training thread; never blocks on I/O)."""
         with self._lock:
-            self._latest = report
             self._unsent = report
             self._unwritten = report
         self._wake.set()
