@@ -214,8 +214,13 @@ def test_rbac_denies_serviceaccount_without_role(namespace, wait_for, kubectl):
     kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
     kubectl("create", "rolebinding", "nobody-reads", "--role=pod-reader",
             f"--serviceaccount={namespace}:nobody", "-n", namespace)
-    wait_for(lambda: kubectl("get", "pods", "-n", namespace, f"--token={token}", "-o", "name") is not None,
+    # RBAC's authorizer learns the binding from its informers: wait until it answers "yes" for the token
+    # (`auth can-i` prints "no" and exits 1 while denied), then the request itself must succeed.
+    wait_for(lambda: kubectl("auth", "can-i", "list", "pods", "-n", namespace, f"--token={token}",
+                             check=False).strip() == "yes",
              what="granted access")
+    listed = json.loads(kubectl("get", "pods", "-n", namespace, f"--token={token}", "-o", "json"))
+    assert listed["items"] == []  # the namespace has no pods; the list itself was allowed
     with pytest.raises(subprocess.CalledProcessError) as still_denied:
         kubectl("get", "secrets", "-n", namespace, f"--token={token}")
     assert "Forbidden" in still_denied.value.stderr

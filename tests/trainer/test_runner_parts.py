@@ -227,22 +227,57 @@ def test_metrics_render_the_payload_numbers() -> None:
 # ---- the reporter thread ----
 
 
-def test_reporter_coalesces_and_rate_limits(tmp_path: Path) -> None:
+class _Clock:
+    """The reporter's monotonic clock, advanced only by the test: whether a report is due depends on this
+    clock alone, never on how fast the machine runs the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str):  # anything else the module may use from `time` stays real
+        return getattr(time, name)
+
+
+def _eventually(predicate, what: str) -> None:
+    """Wait for something the reporter's threads do; the bound only stops a hung test."""
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_reporter_coalesces_and_rate_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import axolotl_job_runner.progress as progress
+
+    clock = _Clock()
+    monkeypatch.setattr(progress, "time", clock)  # the reporter reads time.monotonic() from its module
     token = tmp_path / "token"
     token.write_text("abc\n")
     state = tmp_path / "state.json"
+
+    def state_step() -> int | None:
+        return json.loads(state.read_text())["step"] if state.exists() else None
+
     with serve_progress() as server:
+        # interval=1.0 also bounds the reporter's real sleep before it looks at the clock again
         reporter = ProgressReporter(server.url, str(token), state, interval=1.0)
-        for step in range(50):  # a burst: the first goes out at once, the rest coalesce
+        reporter.submit(ProgressReport(step=0, total_steps=100))  # nothing sent yet: goes out at once
+        _eventually(lambda: reporter.sent == 1, "the first POST")
+        for step in range(1, 50):  # reports within the interval: each one handled (state file), none sent
             reporter.submit(ProgressReport(step=step, total_steps=100))
-        time.sleep(0.5)
-        assert len(server.received) == 1
-        time.sleep(1.0)  # the interval passed: the newest pending report (49) is sent
-        assert [r.body["step"] for r in server.received][-1] == 49
+            _eventually(lambda step=step: state_step() == step, f"the state file to show step {step}")
+        assert [r.body["step"] for r in server.received] == [0]  # the clock has not moved: nothing was due
+        clock.now += 1.0  # the interval passes: only the newest pending report (49) is sent
+        _eventually(lambda: reporter.sent == 2, "the POST after the interval")
+        assert [r.body["step"] for r in server.received] == [0, 49]
         reporter.submit(ProgressReport(step=100, total_steps=100, final=True))
-        reporter.close()  # the final report goes out without waiting for the interval
-    steps = [r.body["step"] for r in server.received]
-    assert steps[-1] == 100 and len(steps) <= 3
+        reporter.close()  # the final report goes out although the interval has not passed again
+        _eventually(lambda: reporter.sent == 3, "the final POST")
+    assert [r.body["step"] for r in server.received] == [0, 49, 100]
+    assert (reporter.sent, reporter.failed) == (3, 0)
     assert all(r.authorization == "Bearer abc" for r in server.received)
     assert json.loads(state.read_text())["step"] == 100
 

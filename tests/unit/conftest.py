@@ -1,4 +1,9 @@
-"""Shared builders for the unit tests: manifests small enough to read in the test that uses them."""
+"""Shared builders for the unit tests: manifests small enough to read in the test that uses them.
+
+Golden files (tests/unit/snapshots/) are only compared, never rewritten by a normal run. After an
+intended change, `UPDATE_SNAPSHOTS=1 make unit` rewrites the ones that differ and fails those tests
+("snapshot updated"); review the diff, commit it, and re-run without the variable.
+"""
 
 from __future__ import annotations
 

@@ -33,11 +33,21 @@ def _quickstart():
 
 
 def test_quickstart_snapshot():
+    """The rendered children equal the committed golden file. To regenerate it after an intended change,
+    run `UPDATE_SNAPSHOTS=1 make unit` (or `UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_render.py`):
+    a differing golden is then rewritten and the test still fails ("snapshot updated"), so a run that
+    rewrote it never passes; review the diff, commit it and re-run without the variable."""
     rendered = dump_all(_render(_quickstart(), namespace="default").manifests())
-    if os.environ.get("UPDATE_SNAPSHOTS"):
+    golden = SNAPSHOT.read_text() if SNAPSHOT.exists() else None
+    if rendered == golden:
+        return
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
         SNAPSHOT.parent.mkdir(exist_ok=True)
         SNAPSHOT.write_text(rendered)
-    assert rendered == SNAPSHOT.read_text(), "UPDATE_SNAPSHOTS=1 pytest tests/unit/test_render.py to refresh"
+        pytest.fail(f"snapshot updated: {SNAPSHOT.relative_to(REPO)}; review the diff, re-run without "
+                    "UPDATE_SNAPSHOTS")
+    assert golden is not None, f"{SNAPSHOT.relative_to(REPO)} is missing; UPDATE_SNAPSHOTS=1 writes it"
+    assert rendered == golden, "rendering changed; if intended, UPDATE_SNAPSHOTS=1 rewrites the golden file"
 
 
 def test_render_is_deterministic():
