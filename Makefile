@@ -9,7 +9,7 @@ TRAINER_PYTHON ?= $(shell ls -d $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python 2>/
 TRAINER_VENV ?= $(CACHE_DIR)/trainer-venv
 PYTEST_ARGS ?=
 
-.PHONY: setup lint crd crd-check unit integration realnode e2e trainer-setup trainer-test test demo demo-train kubeenv-up kubeenv-down clean
+.PHONY: setup lint crd contract crd-check unit integration realnode e2e trainer-setup trainer-test test demo demo-train kubeenv-up kubeenv-down clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: setup
 crd: setup
 	$(VENV)/bin/axolotl-operator crd > crds/axolotl.ai_axolotljobs.yaml
 	cp crds/axolotl.ai_axolotljobs.yaml charts/axolotl-operator/crds/axolotl.ai_axolotljobs.yaml
+
+# The trainer contract (env names, paths, ports, exit codes, payloads) lives in trainer-image; the operator
+# carries a generated copy (tests/unit/test_contract.py checks it byte for byte).
+contract:
+	hack/gen-contract
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

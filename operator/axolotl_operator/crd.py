@@ -18,14 +18,16 @@ from .api.job import (
     SINGULAR,
     VERSION,
     AxolotlJobSpec,
-    AxolotlJobStatus,
 )
+from .api.status import AxolotlJobStatus
 from .yamlio import dump
 
 Schema = dict[str, Any]
 
 KEPT_KEYWORDS = (
     "description",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
     "enum",
     "format",
     "maxItems",

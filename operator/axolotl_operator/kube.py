@@ -1,9 +1,10 @@
 """A small JSON client for the few Kubernetes calls the operator makes.
 
 Why not the generated typed client: the operator works with plain manifests (what `render` returns)
-and plain dicts (what `status` reads), needs exact patch content types and resourceVersion
-preconditions, and runs the calls from Kopf's worker threads; the kubernetes package's configuration,
-authentication (incl. rotating in-cluster tokens) and connection pool are reused as they are.
+and plain dicts (what `status` reads), needs exact patch content types (merge patch, server-side
+apply with field managers), and runs the calls from worker threads; the kubernetes package's
+configuration, authentication (incl. rotating in-cluster tokens) and connection pool are reused as they
+are. `KubeApi` is the surface the operator uses, so its unit tests run against an in-memory fake.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ import os
 import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from kubernetes import client, config
 
-from .api.job import GROUP, PLURAL, VERSION
+from .api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from .constants import COMPONENT
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (a JSON body is valid YAML)
 REQUEST_TIMEOUT = (10, 60)  # connect, read (seconds)
 EVENT_MESSAGE_LIMIT = 1024
-COMPONENT = "axolotl-operator"
 
 # apiVersion/kind -> (API prefix, plural, namespaced)
 KINDS: dict[tuple[str, str], tuple[str, str]] = {
@@ -34,7 +36,7 @@ KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Pod"): ("/api/v1", "pods"),
     ("v1", "Event"): ("/api/v1", "events"),
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
-    (f"{GROUP}/{VERSION}", "AxolotlJob"): (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    (API_VERSION, KIND): (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 
 
@@ -63,8 +65,26 @@ def path_of(api_version: str, kind: str, namespace: str, name: str | None = None
     return path
 
 
+class KubeApi(Protocol):
+    """The API calls the operator makes (the real `Kube`, or a fake in unit tests)."""
+
+    def get_axolotljob(self, namespace: str, name: str) -> Obj | None: ...
+    def get_job(self, namespace: str, name: str) -> Obj | None: ...
+    def get_pod(self, namespace: str, name: str) -> Obj | None: ...
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]: ...
+    def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]: ...
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str = ""
+    ) -> Obj: ...
+    def apply_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], field_manager: str
+    ) -> Obj: ...
+    def event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+    def token_review(self, token: str, audiences: list[str]) -> Obj: ...
+
+
 class Kube:
-    """Thread-safe: one urllib3 pool shared by Kopf's handler threads."""
+    """Thread-safe: one urllib3 pool shared by Kopf's handler threads and the status workers."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         if api_client is None:
@@ -123,7 +143,7 @@ class Kube:
     # ---------------------------------------------------------------- typed helpers
 
     def get_axolotljob(self, namespace: str, name: str) -> Obj | None:
-        return self.get(f"{GROUP}/{VERSION}", "AxolotlJob", namespace, name)
+        return self.get(API_VERSION, KIND, namespace, name)
 
     def get_job(self, namespace: str, name: str) -> Obj | None:
         return self.get("batch/v1", "Job", namespace, name)
@@ -166,12 +186,23 @@ class Kube:
         path = path_of(api_version, kind, namespace, name, sub)
         return self.request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH)
 
-    def patch_status(
-        self, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]
-    ) -> Obj:
-        """Merge-patch .status through the status subresource; 409 if the object changed meanwhile."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
-        return self.merge_patch(f"{GROUP}/{VERSION}", "AxolotlJob", namespace, name, body, sub="status")
+    def apply_status(self, namespace: str, name: str, status: Mapping[str, Any], field_manager: str) -> Obj:
+        """Server-side apply of the AxolotlJob's .status as `field_manager`: the fields given are set and
+        owned, the fields this manager owned and left out are removed, other managers' fields are kept.
+        `force`: the operator is the status' only rightful writer, so it takes over a conflicting field."""
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": dict(status),
+        }
+        return self.request(
+            "PATCH",
+            path_of(API_VERSION, KIND, namespace, name, "status"),
+            body=json.dumps(body),
+            content_type=APPLY_PATCH,
+            query={"fieldManager": field_manager, "force": "true"},
+        )
 
     def event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on the AxolotlJob (what `kubectl describe axj` shows)."""
@@ -182,8 +213,8 @@ class Kube:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": owner.get("apiVersion", f"{GROUP}/{VERSION}"),
-                "kind": owner.get("kind", "AxolotlJob"),
+                "apiVersion": owner.get("apiVersion", API_VERSION),
+                "kind": owner.get("kind", KIND),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),

@@ -14,8 +14,12 @@ from typing import Any
 
 import kopf
 
-from . import handlers, metrics
+from . import (
+    handlers,  # noqa: F401  (importing it registers the Kopf handlers)
+    metrics,
+)
 from .api.job import GROUP
+from .controller import Operator
 from .kube import Kube
 from .progress_server import ProgressServer
 from .settings import OperatorSettings
@@ -65,9 +69,9 @@ def run_operator(args: argparse.Namespace) -> int:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
     settings = settings_from_args(args)
     kube = Kube.from_environment()
-    handlers.install(handlers.Operator(settings, kube))
+    operator = Operator(settings, kube).start()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
-    progress = start_progress_server(args, settings, kube)
+    progress = start_progress_server(args, settings, operator)
 
     @kopf.on.startup()
     def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
@@ -88,15 +92,17 @@ def run_operator(args: argparse.Namespace) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=getattr(args, "liveness", None) or None,
+            memo=kopf.Memo(operator=operator),  # the handlers' way to the Operator
         )
     finally:
         if progress is not None:
             progress.stop()
+        operator.stop()
     return 0
 
 
 def start_progress_server(
-    args: argparse.Namespace, settings: OperatorSettings, kube: Kube
+    args: argparse.Namespace, settings: OperatorSettings, operator: Operator
 ) -> ProgressServer | None:
     """The endpoint trainer pods report to, in its own thread (`--progress-port`, 0 = off)."""
     port = int(getattr(args, "progress_port", 0) or 0)
@@ -108,7 +114,11 @@ def start_progress_server(
             "trainer pods will not report"
         )
     server = ProgressServer(
-        kube, settings.progress_audience, getattr(args, "progress_host", None) or "0.0.0.0", port
+        operator.kube,
+        settings.progress_audience,
+        operator.accept_progress,
+        getattr(args, "progress_host", None) or "0.0.0.0",
+        port,
     )
     server.start()
     return server

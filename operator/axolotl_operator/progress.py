@@ -2,7 +2,7 @@
 
 Why pure: what the operator accepts from a pod (and from whom) is a security decision; it is unit-tested
 here without a cluster, and the HTTP shell (`progress_server`) only fetches the inputs (TokenReview, pod,
-Job, AxolotlJob) and writes the result. The payload is `trainer-image`'s `contract.ProgressReport`
+Job, AxolotlJob) and hands on the result. The payload is the trainer contract's `ProgressReport`
 (camelCase); parsing is tolerant (a bad optional number is dropped) but bounded (size, names, numbers).
 """
 
@@ -16,18 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .api.job import Progress
-from .render import JOB_LABEL, controlled_by
+from .api.status import TERMINAL_PHASES
+from .constants import JOB_LABEL
+from .render import controlled_by
+from .trainer_contract import PROGRESS_MAX_BODY_BYTES as MAX_BODY_BYTES
 
-MAX_BODY_BYTES = 16 * 1024
-MIN_PATCH_INTERVAL_SECONDS = 5.0  # the trainer's own PROGRESS_MIN_INTERVAL_SECONDS
 MAX_INT = 10**15  # steps beyond this are a broken sender, not a training run
 SA_USER_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-# status.progress keys, in the API model's order: derived, so the two cannot drift.
-PROGRESS_KEYS = tuple(field.alias or name for name, field in Progress.model_fields.items())
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -177,13 +174,6 @@ def to_progress(report: Report) -> dict[str, Any]:
         "updatedAt": format_time(report.timestamp),
     }
     return {key: value for key, value in values.items() if value is not None}
-
-
-def progress_patch(report: Report) -> dict[str, Any]:
-    """A merge patch for `status.progress` that replaces it whole: a key the report lacks is deleted
-    (null), so a new attempt never shows the previous attempt's loss or learning rate as its own."""
-    progress = to_progress(report)
-    return {key: progress.get(key) for key in PROGRESS_KEYS}
 
 
 def is_newer(report: Report, status: Mapping[str, Any] | None) -> bool:

@@ -1,14 +1,15 @@
 """The HTTP endpoint trainer pods POST progress to (`run --progress-port`): a thin shell over `progress`.
 
 Why its own thread and event loop: Kopf's loop must never wait on this endpoint, and this endpoint must
-never wait on Kopf. Blocking API calls (TokenReview, reads, the status patch) run in a small thread pool.
+never wait on Kopf. Blocking API calls (TokenReview, reads) run in a small thread pool.
 
     POST /progress   Authorization: Bearer <projected ServiceAccount token, audience = settings>
       413 body over 16 KiB · 401 no/invalid token · 400 bad payload · 403 not this job's pod · 202 taken
 
-Writes are coalesced per job: at most one status patch every 5 s carrying the newest report, and a final
-report at once. A successful authorization is remembered for a minute per (token, job) so that a pod
-reporting every 5 s costs one TokenReview a minute. The token is never logged or stored (only a hash).
+An accepted report is handed to `accept` (the Operator's status queue, which writes at most one progress
+update per job and interval, the final report at once); this endpoint writes nothing itself. A
+successful authorization is remembered for a minute per (token, job) so that a pod reporting every 5 s
+costs one TokenReview a minute. The token is never logged or stored (only a hash).
 """
 
 from __future__ import annotations
@@ -16,22 +17,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
 from . import metrics
-from .kube import ApiError, Kube
+from .constants import Names
+from .kube import KubeApi
 from .progress import (
-    MAX_BODY_BYTES,
-    MIN_PATCH_INTERVAL_SECONDS,
     Denied,
     PayloadError,
     Report,
@@ -39,57 +36,39 @@ from .progress import (
     bearer_token,
     check_identity,
     identity_of,
-    is_newer,
-    newest,
     parse_report,
-    progress_patch,
-    to_progress,
 )
-from .render import Names
+from .trainer_contract import PROGRESS_MAX_BODY_BYTES as MAX_BODY_BYTES
 
 log = logging.getLogger("axolotl_operator.progress")
 
 PATH = "/progress"
 AUTH_CACHE_SECONDS = 60.0
 AUTH_CACHE_MAX = 4096
-MAX_SLOTS = 1024
 WORKERS = 4
-CONFLICT_RETRIES = 5
-
-
-@dataclass
-class _Slot:
-    """One job's coalescing state; touched only on the server's event loop."""
-
-    pending: Report | None = None
-    last_write: float = -math.inf
-    timer: asyncio.TimerHandle | None = None
-    writing: bool = False
 
 
 class ProgressServer:
-    """Receives progress reports and writes them to the AxolotlJobs' status."""
+    """Receives progress reports, authorizes them and hands the accepted ones to `accept`."""
 
     def __init__(
         self,
-        kube: Kube,
+        kube: KubeApi,
         audience: str,
+        accept: Callable[[Report], None],
         host: str = "0.0.0.0",
         port: int = 0,
-        interval: float = MIN_PATCH_INTERVAL_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.kube = kube
         self.audience = audience
+        self.accept = accept
         self.host = host
         self.port = port
-        self.interval = interval
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="progress")
-        self._slots: dict[tuple[str, str], _Slot] = {}
         self._authorized: dict[tuple[str, str, str], float] = {}
         self._auth_lock = threading.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -142,9 +121,6 @@ class ProgressServer:
         ready.set()
         try:
             loop.run_until_complete(self._stop.wait())
-            for slot in self._slots.values():
-                if slot.timer is not None:
-                    slot.timer.cancel()
             loop.run_until_complete(runner.cleanup())
         finally:
             loop.close()
@@ -180,7 +156,7 @@ class ProgressServer:
         except Exception as exc:  # the API server is unreachable or answered an error: try again later
             log.warning("%s: cannot check a progress report's token: %s", where, exc)
             return 503, "the API server could not check the token"
-        self._submit(report)
+        self.accept(report)
         return 202, "accepted"
 
     # ---------------------------------------------------------------- authorization (worker threads)
@@ -205,80 +181,6 @@ class ProgressServer:
                 if len(self._authorized) >= AUTH_CACHE_MAX:
                     self._authorized.clear()
             self._authorized[key] = now + AUTH_CACHE_SECONDS
-
-    # ---------------------------------------------------------------- coalescing (event loop)
-
-    def _submit(self, report: Report) -> None:
-        key = (report.job_namespace, report.job_name)
-        if key not in self._slots and len(self._slots) >= MAX_SLOTS:
-            self._prune()
-        slot = self._slots.setdefault(key, _Slot())
-        slot.pending = newest(slot.pending, report)
-        self._schedule(key, slot)
-
-    def _prune(self) -> None:
-        idle_since = time.monotonic() - self.interval
-        for key, slot in list(self._slots.items()):
-            busy = slot.pending is not None or slot.writing or slot.timer is not None
-            if not busy and slot.last_write < idle_since:
-                del self._slots[key]
-
-    def _schedule(self, key: tuple[str, str], slot: _Slot) -> None:
-        if slot.writing or slot.pending is None:
-            return  # the running write reschedules when done
-        delay = 0.0 if slot.pending.final else max(0.0, slot.last_write + self.interval - time.monotonic())
-        if slot.timer is not None:
-            if delay > 0:
-                return  # already due at the end of this window
-            slot.timer.cancel()
-        slot.timer = asyncio.get_running_loop().call_later(delay, self._fire, key, slot)
-
-    def _fire(self, key: tuple[str, str], slot: _Slot) -> None:
-        slot.timer = None
-        report, slot.pending = slot.pending, None
-        if report is None:
-            return
-        slot.writing = True
-        task = asyncio.get_running_loop().create_task(self._flush(key, slot, report))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self, key: tuple[str, str], slot: _Slot, report: Report) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._write, report)
-        except Exception as exc:
-            metrics.reconcile_error("progress")
-            log.warning("%s/%s: could not write progress: %s", key[0], key[1], exc)
-        finally:
-            slot.writing = False
-            slot.last_write = time.monotonic()
-        self._schedule(key, slot)
-
-    # ---------------------------------------------------------------- the status write (worker thread)
-
-    def _write(self, report: Report) -> bool:
-        """Patch status.progress if the report is newer than what it shows; True if written."""
-        namespace, name = report.job_namespace, report.job_name
-        for _ in range(CONFLICT_RETRIES):
-            axj = self.kube.get_axolotljob(namespace, name)
-            if axj is None or axj["metadata"].get("deletionTimestamp"):
-                return False
-            if not is_newer(report, axj.get("status")):
-                return False
-            patch: dict[str, Any] = {"progress": progress_patch(report)}
-            try:
-                self.kube.patch_status(namespace, name, axj["metadata"]["resourceVersion"], patch)
-            except ApiError as exc:
-                if exc.status == 409:
-                    continue  # the status changed meanwhile: decide again on the fresh one
-                if exc.status == 404:
-                    return False
-                raise
-            metrics.observe_progress(namespace, name, to_progress(report))
-            log.debug("%s/%s: progress step %d", namespace, name, report.step)
-            return True
-        log.warning("%s/%s: status kept changing; progress step %d dropped", namespace, name, report.step)
-        return False
 
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes:

@@ -13,43 +13,33 @@ from typing import Any
 
 from .api.job import API_VERSION, KIND, AxolotlJob
 from .api.validate import ParsedJob
+from .constants import (
+    COMPLETION_INDEX_ANNOTATION,
+    CONTAINER_NAME,
+    JOB_LABEL,
+    QUEUE_LABEL,
+    RETAIN_ANNOTATION,
+    RUNNER_COMMAND,
+    Names,
+    labels,
+)
 from .settings import OperatorSettings
+from .trainer_contract import (
+    EXIT_INVALID_CONFIG,
+    METRICS_PORT,
+    RENDEZVOUS_PORT,
+    Env,
+    Paths,
+)
 from .yamlio import dump
 
 Manifest = dict[str, Any]
 
-DATA_MOUNT = "/workspace/data"
-CONFIG_DIR = "/src/config"
-CONFIG_FILE = "config.yaml"
-DEEPSPEED_FILE = "deepspeed.json"
-HF_HOME = f"{DATA_MOUNT}/.cache/huggingface"
-PROGRESS_TOKEN_DIR = "/var/run/secrets/axolotl.ai/progress"
-TERMINATION_LOG = "/dev/termination-log"
-CONTAINER_NAME = "trainer"
-RUNNER_COMMAND = ["axolotl-job-runner"]
-# The runner exits with EX_CONFIG (sysexits.h) when Axolotl rejects the config: retrying cannot help.
-INVALID_CONFIG_EXIT_CODE = 78
-METRICS_PORT = 9402
-RENDEZVOUS_PORT = 29500
-PROGRESS_TOKEN_SECONDS = 3600
-
-JOB_LABEL = "axolotl.ai/job"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-
-
-@dataclass(frozen=True)
-class Names:
-    """Deterministic child names, so a restarted operator finds (never duplicates) what it made."""
-
-    job: str
-    config_map: str
-    claim: str
-    service: str
-
-    @classmethod
-    def of(cls, job_name: str) -> Names:
-        return cls(job=job_name, config_map=f"{job_name}-config", claim=f"{job_name}-data", service=job_name)
+# The rendered container's side of the trainer contract, kept under the names render has always used.
+DATA_MOUNT = Paths.DATA_MOUNT
+CONFIG_DIR = Paths.CONFIG_DIR
+INVALID_CONFIG_EXIT_CODE = EXIT_INVALID_CONFIG
+PROGRESS_TOKEN_SECONDS = 3600  # the projected token's lifetime; the kubelet rotates it before then
 
 
 @dataclass(frozen=True)
@@ -64,16 +54,6 @@ class Children:
     def manifests(self) -> list[Manifest]:
         """In apply order: config and volume before the pods that mount them."""
         return [m for m in (self.config_map, self.claim, self.service, self.job) if m is not None]
-
-
-def labels(name: str, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "axolotl-job",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "axolotl-operator",
-        JOB_LABEL: name,
-    }
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,8 +80,8 @@ def training_config(parsed: ParsedJob) -> tuple[dict[str, Any], dict[str, str]]:
     config.setdefault("auto_resume_from_checkpoints", True)
     files: dict[str, str] = {}
     if isinstance(config.get("deepspeed"), Mapping):
-        files[DEEPSPEED_FILE] = json.dumps(config["deepspeed"], indent=2, sort_keys=True) + "\n"
-        config["deepspeed"] = f"{CONFIG_DIR}/{DEEPSPEED_FILE}"
+        files[Paths.DEEPSPEED_FILE] = json.dumps(config["deepspeed"], indent=2, sort_keys=True) + "\n"
+        config["deepspeed"] = f"{CONFIG_DIR}/{Paths.DEEPSPEED_FILE}"
     return config, files
 
 
@@ -131,7 +111,7 @@ def render(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(names.config_map, "config"),
-        "data": {CONFIG_FILE: dump(config), **extra_files},
+        "data": {Paths.CONFIG_FILE: dump(config), **extra_files},
     }
     claim = (
         None if _existing_claim(job) else _claim(job, settings, metadata(names.claim, "data", owned=False))
@@ -159,7 +139,7 @@ def _claim(job: AxolotlJob, settings: OperatorSettings, metadata: dict[str, Any]
     storage_class = (storage.storage_class_name if storage else None) or settings.default_storage_class
     if storage_class:
         spec["storageClassName"] = storage_class
-    metadata["annotations"] = {"axolotl.ai/retain": "true"}
+    metadata["annotations"] = {RETAIN_ANNOTATION: "true"}
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
 
 
@@ -181,37 +161,37 @@ def _service(names: Names, metadata: dict[str, Any]) -> Manifest:
 def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str) -> list[dict[str, Any]]:
     spec = parsed.job.spec
     env: list[dict[str, Any]] = [
-        {"name": "BASE_VOLUME", "value": DATA_MOUNT},
-        {"name": "AXOLOTL_CONFIG_DIR", "value": CONFIG_DIR},
-        {"name": "HF_HOME", "value": HF_HOME},
-        {"name": "AXOLOTL_DO_NOT_TRACK", "value": "1"},
-        {"name": "AXOLOTL_JOB_NAME", "value": parsed.name},
-        {"name": "AXOLOTL_JOB_NAMESPACE", "value": namespace},
-        {"name": "AXOLOTL_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "AXOLOTL_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "NPROC_PER_NODE", "value": str(spec.gpus)},
+        {"name": Env.BASE_VOLUME, "value": DATA_MOUNT},
+        {"name": Env.CONFIG_DIR, "value": CONFIG_DIR},
+        {"name": Env.HF_HOME, "value": Paths.HF_HOME},
+        {"name": Env.DO_NOT_TRACK, "value": "1"},
+        {"name": Env.JOB_NAME, "value": parsed.name},
+        {"name": Env.JOB_NAMESPACE, "value": namespace},
+        {"name": Env.TERMINATION_LOG, "value": Paths.TERMINATION_LOG},
+        {"name": Env.METRICS_PORT, "value": str(METRICS_PORT)},
+        {"name": Env.NPROC_PER_NODE, "value": str(spec.gpus)},
     ]
     if spec.nodes > 1:
         env += [
-            {"name": "NNODES", "value": str(spec.nodes)},
+            {"name": Env.NNODES, "value": str(spec.nodes)},
             {
-                "name": "NODE_RANK",
+                "name": Env.NODE_RANK,
                 "valueFrom": {
                     "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
                 },
             },
-            {"name": "MASTER_ADDR", "value": f"{names.job}-0.{names.service}.{namespace}.svc"},
-            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            {"name": Env.MASTER_ADDR, "value": f"{names.job}-0.{names.service}.{namespace}.svc"},
+            {"name": Env.MASTER_PORT, "value": str(RENDEZVOUS_PORT)},
         ]
     if settings.progress_url:
         env += [
-            {"name": "AXOLOTL_PROGRESS_URL", "value": settings.progress_url},
-            {"name": "AXOLOTL_PROGRESS_TOKEN_FILE", "value": f"{PROGRESS_TOKEN_DIR}/token"},
+            {"name": Env.PROGRESS_URL, "value": settings.progress_url},
+            {"name": Env.PROGRESS_TOKEN_FILE, "value": Paths.PROGRESS_TOKEN_FILE},
         ]
     secrets = spec.secrets
     for var, ref in (
-        ("HF_TOKEN", secrets and secrets.hf_token),
-        ("WANDB_API_KEY", secrets and secrets.wandb_api_key),
+        (Env.HF_TOKEN, secrets and secrets.hf_token),
+        (Env.WANDB_API_KEY, secrets and secrets.wandb_api_key),
     ):
         if ref:
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -250,23 +230,23 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
     if settings.progress_url:
-        mounts.append({"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True})
+        mounts.append({"name": "progress-token", "mountPath": Paths.PROGRESS_TOKEN_DIR, "readOnly": True})
         token = {
             "audience": settings.progress_audience,
             "expirationSeconds": PROGRESS_TOKEN_SECONDS,
-            "path": "token",
+            "path": Paths.PROGRESS_TOKEN_NAME,
         }
         volumes.append({"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": token}]}})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.default_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": RUNNER_COMMAND,
+        "command": list(RUNNER_COMMAND),
         "env": _env(parsed, settings, names, namespace),
         "ports": ports,
         "resources": _resources(parsed, settings),
         "volumeMounts": mounts,
-        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePath": Paths.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod: dict[str, Any] = {

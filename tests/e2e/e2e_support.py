@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from axolotl_operator.status import parse_summary
+from axolotl_operator.trainer_contract import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "realnode"))

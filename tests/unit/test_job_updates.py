@@ -81,32 +81,3 @@ def test_flags_win_over_environment(monkeypatch):
     assert settings.default_image == "flag:2"
     assert settings.gpu_resource_name == "amd.com/gpu"
     assert settings.default_storage_size == "1Gi"
-
-
-def test_refreshes_of_one_job_coalesce_and_never_block():
-    import threading
-
-    from axolotl_operator.handlers import Operator
-    from axolotl_operator.settings import OperatorSettings
-
-    started, release = threading.Event(), threading.Event()
-    calls: list[str] = []
-
-    class Probe(Operator):
-        def _refresh_now(self, namespace: str, name: str) -> None:
-            calls.append(name)
-            if len(calls) == 1:
-                started.set()
-                assert release.wait(5)
-
-    op = Probe(OperatorSettings(), kube=None)  # type: ignore[arg-type]
-    first = threading.Thread(target=op.refresh, args=("ns", "a"))
-    first.start()
-    assert started.wait(5)
-    for _ in range(5):
-        op.refresh("ns", "a")  # returns at once: the running refresh will read again
-    op.refresh("ns", "b")  # another job is not held up
-    assert calls == ["a", "b"]
-    release.set()
-    first.join(5)
-    assert calls == ["a", "b", "a"]  # five requests during the first read -> one more read

@@ -1,5 +1,7 @@
 """Progress reports from trainer pods: parsing, the status.progress shape, ordering, authorization,
-and the HTTP endpoint's answers (real server on 127.0.0.1; an in-memory API stands in for Kubernetes)."""
+and the HTTP endpoint's answers (real server on 127.0.0.1; an in-memory API stands in for Kubernetes).
+How accepted reports are written (rate limit, field manager) is tested with the Operator
+(test_controller.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import importlib.util
 import json
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -15,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axolotl_operator.api.job import Progress
+from axolotl_operator.api.status import PROGRESS_KEYS, Progress
 from axolotl_operator.kube import ApiError
 from axolotl_operator.progress import (
     MAX_BODY_BYTES,
-    PROGRESS_KEYS,
     Denied,
     Identity,
     PayloadError,
@@ -30,7 +30,6 @@ from axolotl_operator.progress import (
     is_newer,
     newest,
     parse_report,
-    progress_patch,
     to_progress,
 )
 from axolotl_operator.progress_server import ProgressServer
@@ -162,13 +161,6 @@ def test_percent_is_capped_and_final_has_no_time_left():
     assert to_progress(report(step=600, totalSteps=500))["percent"] == 100
     final = to_progress(report(step=500, etaSeconds=12.0, final=True))
     assert final["etaSeconds"] == 0 and final["percent"] == 100
-
-
-def test_the_patch_replaces_progress_whole():
-    patch = progress_patch(report(loss=None, learningRate=None, totalSteps=None))
-    assert set(patch) == set(PROGRESS_KEYS)
-    assert patch["loss"] is None and patch["learningRate"] is None and patch["percent"] is None
-    assert patch["step"] == 120
 
 
 # ---------------------------------------------------------------- ordering
@@ -386,7 +378,6 @@ class FakeKube:
         self.job, self.pod = linked["job"], linked["pod"]
         self.reviews = {"good": review(), "other-audience": review(authenticated=False)}
         self.review_calls = 0
-        self.patches: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
     def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
@@ -408,23 +399,15 @@ class FakeKube:
         with self.lock:
             return json.loads(json.dumps(self.axj)) if (namespace, name) == ("ml", "demo") else None
 
-    def patch_status(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> dict:
-        with self.lock:
-            if resource_version != self.axj["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", {"message": "changed"})
-            self.patches.append(status)
-            progress = {k: v for k, v in status["progress"].items() if v is not None}
-            self.axj["status"] = {**self.axj["status"], "progress": progress}
-            self.axj["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
-            return self.axj
-
 
 @pytest.fixture
 def server():
     kube = FakeKube()
-    srv = ProgressServer(kube, AUDIENCE, host="127.0.0.1", port=0, interval=3600)  # type: ignore[arg-type]
+    accepted: list[Report] = []
+    srv = ProgressServer(kube, AUDIENCE, accepted.append, host="127.0.0.1", port=0)  # type: ignore[arg-type]
     srv.start()
     srv.fake = kube  # type: ignore[attr-defined]
+    srv.accepted = accepted  # type: ignore[attr-defined]
     yield srv
     srv.stop()
 
@@ -442,13 +425,6 @@ def post(srv: ProgressServer, body: bytes | dict, token: str | None = "good") ->
         return error.code, json.loads(error.read() or b"{}")
 
 
-def wait_patches(kube: FakeKube, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    while len(kube.patches) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return kube.patches
-
-
 def fresh(**overrides: Any) -> dict[str, Any]:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return payload(timestamp=stamp, **overrides)
@@ -464,11 +440,11 @@ def test_endpoint_answers(server):
     assert post(server, fresh(jobName="other"))[0] == 403
     assert post(server, fresh(), token="broken")[0] == 503
     assert post(server, fresh(), token="unreachable")[0] == 503
-    assert server.fake.patches == []
+    assert server.accepted == []
     assert post(server, fresh())[0] == 202
-    [patch] = wait_patches(server.fake, 1)
-    assert patch["progress"]["step"] == 120 and patch["progress"]["percent"] == 24
-    assert server.fake.axj["status"]["progress"]["etaSeconds"] == 900
+    [accepted] = server.accepted
+    assert (accepted.job_namespace, accepted.job_name, accepted.step) == ("ml", "demo", 120)
+    assert to_progress(accepted)["percent"] == 24 and to_progress(accepted)["etaSeconds"] == 900
 
 
 def test_bodies_up_to_16_kib_are_read_whole_and_chunked_ones_are_capped(server):
@@ -484,45 +460,15 @@ def test_bodies_up_to_16_kib_are_read_whole_and_chunked_ones_are_capped(server):
     assert error.value.code == 413
 
 
-def test_writes_are_coalesced_and_the_final_report_goes_at_once(server):
-    assert post(server, fresh(step=10))[0] == 202
-    wait_patches(server.fake, 1)
-    assert post(server, fresh(step=20))[0] == 202  # inside the (hour-long) window: held back
-    assert post(server, fresh(step=30, final=True))[0] == 202
-    patches = wait_patches(server.fake, 2)
-    assert [p["progress"]["step"] for p in patches] == [10, 30]
-    assert patches[1]["progress"]["etaSeconds"] == 0
-    # one TokenReview for the whole run of a pod (cached per token and job)
-    assert server.fake.review_calls == 1
-
-
-def test_a_finished_job_is_not_overwritten(server):
-    server.fake.axj["status"] = {"phase": "Succeeded", "progress": {"step": 500}}
-    assert server._write(parse_report(json.dumps(fresh(final=True)), datetime.now(UTC))) is False
-    server.fake.axj["status"] = {"phase": "Running"}
-    assert server._write(parse_report(json.dumps(fresh(final=True)), datetime.now(UTC))) is True
-    assert len(server.fake.patches) == 1
-
-
-def test_a_conflicting_write_decides_again_on_the_fresh_status(server):
-    kube = server.fake
-    original = kube.get_axolotljob
-    calls = []
-
-    def stale_then_fresh(namespace, name):
-        obj = original(namespace, name)
-        calls.append(obj)
-        if len(calls) == 1:
-            obj["metadata"]["resourceVersion"] = "0"  # someone wrote meanwhile: 409
-        return obj
-
-    kube.get_axolotljob = stale_then_fresh
-    assert server._write(parse_report(json.dumps(fresh()), datetime.now(UTC))) is True
-    assert len(calls) == 2 and len(kube.patches) == 1
+def test_a_pods_token_is_reviewed_once_for_many_reports(server):
+    for step in (10, 20, 30):
+        assert post(server, fresh(step=step))[0] == 202
+    assert [r.step for r in server.accepted] == [10, 20, 30]
+    assert server.fake.review_calls == 1  # cached per token and job
 
 
 def test_a_busy_port_fails_the_start(server):
-    other = ProgressServer(server.fake, AUDIENCE, host="127.0.0.1", port=server.port)
+    other = ProgressServer(server.fake, AUDIENCE, list.append, host="127.0.0.1", port=server.port)
     try:
         with pytest.raises(OSError):
             other.start()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from axolotl_operator.api import SpecError, parse_job
-from axolotl_operator.api.job import CONDITION_TYPES, AxolotlJobStatus
+from axolotl_operator.api.status import AxolotlJobStatus, ConditionType
 from axolotl_operator.settings import OperatorSettings
 from axolotl_operator.status import (
     JobFacts,
@@ -15,9 +15,9 @@ from axolotl_operator.status import (
     compute_status,
     facts_of,
     facts_of_error,
-    parse_summary,
     pod_failure,
 )
+from axolotl_operator.trainer_contract import parse_summary
 from conftest import manifest
 
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z"
@@ -111,7 +111,7 @@ def test_no_job_yet_is_pending_creating_with_every_condition_type():
     result = run(None, [])
     assert result.status["phase"] == "Pending"
     assert result.status["reason"] == "Creating"
-    assert [c["type"] for c in result.status["conditions"]] == list(CONDITION_TYPES)
+    assert [c["type"] for c in result.status["conditions"]] == list(ConditionType)
     assert cond(result, "Created")["status"] == "False"
     assert all(c["observedGeneration"] == 1 for c in result.status["conditions"])
     assert result.status["jobName"] == "demo" and result.status["configMapName"] == "demo-config"
@@ -172,7 +172,8 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
         "lastCheckpoint": "/workspace/data/out/checkpoint-500",
     }
     assert status["completionTime"] == T1
-    assert status["progress"] == {
+    assert "progress" not in status  # the progress field manager writes it
+    assert result.progress == {
         "step": 500,
         "totalSteps": 500,
         "percent": 100,
@@ -180,7 +181,6 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
         "etaSeconds": 0,
         "updatedAt": T1,
     }
-    assert result.patch()["progress"] == status["progress"]
     assert cond(result, "Ready")["status"] == "True"
     assert cond(result, "Succeeded")["status"] == "True"
     assert cond(result, "Stalled")["status"] == "False"
@@ -196,7 +196,7 @@ def test_multi_node_success_takes_rank_zeros_numbers_whichever_pod_finished_last
         obj["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": index}
     result = run(job(("Complete", "", ""), succeeded=2), [rank1, rank0])
     assert "40/40 steps" in result.status["message"]
-    assert result.status["progress"]["step"] == 40 and result.status["progress"]["loss"] == 0.5
+    assert result.progress["step"] == 40 and result.progress["loss"] == 0.5
 
 
 def test_a_trainer_that_just_exited_in_a_running_pod_keeps_the_job_running():
@@ -421,11 +421,11 @@ def test_first_status_carries_spec_warnings_as_events():
     assert all(t.reason != "SpecWarning" for t in again.transitions)
 
 
-def test_patch_deletes_fields_no_longer_set():
-    result = run(job(active=1), [pod()])
-    patch = result.patch()
-    assert patch["completionTime"] is None
-    assert "progress" not in patch  # owned by the trainer's reports, never clobbered
+def test_fields_no_longer_set_are_left_out_of_the_apply():
+    # Server-side apply removes what the operator's field manager owned and no longer sends.
+    result = run(job(active=1), [pod()], previous={"phase": "Succeeded", "completionTime": T1})
+    assert "completionTime" not in result.status
+    assert "progress" not in result.status and result.progress is None  # the reports' own field
 
 
 def test_parse_summary_is_tolerant():
@@ -468,7 +468,7 @@ def test_failed_run_keeps_live_progress_and_adds_the_final_numbers():
         [pod("Failed", state=terminated(1, text))],
         previous=previous,
     )
-    progress = result.status["progress"]
+    progress = result.progress
     assert (progress["step"], progress["percent"], progress["loss"]) == (120, 24, 2.5)
     assert progress["tokensPerSecond"] == 900.0 and "etaSeconds" not in progress
 
@@ -482,13 +482,14 @@ def test_kstatus_conditions_follow_the_phase():
         "False",
     ]
     failed = run(
-        job(("Failed", "True", "BackoffLimitExceeded")), [pod("Failed", state=terminated(1, "boom"))]
+        job(("Failed", "BackoffLimitExceeded", "")), [pod("Failed", state=terminated(1, "boom"))]
     )
     assert [cond(failed, t)["status"] for t in ("Reconciling", "Ready", "Stalled")] == [
         "False",
         "False",
         "True",
     ]
+    assert cond(failed, "Stalled")["reason"] == "BackoffLimitExceeded"
 
 
 def test_a_token_in_the_trainer_log_is_not_repeated():

@@ -9,13 +9,14 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..trainer_contract import Env
 from .issues import FieldIssue, join_path
 
 FIX = "secrets must not be inline; store it in a Secret and reference it from spec.secrets"
 SECRET_KEY_NAMES = frozenset(
     {"hf_token", "hub_token", "huggingface_token", "wandb_api_key", "credentials", "api_key", "access_token"}
 )
-SECRET_ENV_NAMES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY"})
+SECRET_ENV_NAMES = frozenset({Env.HF_TOKEN, "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", Env.WANDB_API_KEY})
 HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 WANDB_KEY_VALUE = re.compile(r"^(local-)?[0-9a-f]{40}$|^[A-Za-z0-9]{3,}-v1-[A-Za-z0-9_-]{40,}$")
 # A 40-hex string is also a git commit id; only suspect it under a key that sounds like a credential.

@@ -12,6 +12,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from ..trainer_contract import Env
 from .compat import translate_config
 from .config import AxolotlConfig, Dataset
 from .issues import FieldIssue, SpecError, config_path, join_path
@@ -176,7 +177,7 @@ def _missing_secret_warnings(job: AxolotlJob) -> list[FieldIssue]:
     if (
         job.spec.config.hub_model_id
         and (secrets is None or secrets.hf_token is None)
-        and "HF_TOKEN" not in env_names
+        and Env.HF_TOKEN not in env_names
     ):
         warnings.append(
             FieldIssue(
@@ -186,7 +187,7 @@ def _missing_secret_warnings(job: AxolotlJob) -> list[FieldIssue]:
     if (
         job.spec.config.wandb_project
         and (secrets is None or secrets.wandb_api_key is None)
-        and not (env_names & {"WANDB_API_KEY", "WANDB_MODE"})
+        and not (env_names & {Env.WANDB_API_KEY, "WANDB_MODE"})
     ):
         warnings.append(
             FieldIssue(

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .contract import Env
 from .settings import Settings
 
 PLUGIN_NAME = "axolotl_job_runner.plugin.JobRunnerPlugin"
 
 # Always set for the training child: clusters are often air-gapped and telemetry calls hang.
-FORCED_ENV = {"AXOLOTL_DO_NOT_TRACK": "1"}
+FORCED_ENV = {Env.DO_NOT_TRACK: "1"}
 
 
 def launcher_name(settings: Settings) -> str:

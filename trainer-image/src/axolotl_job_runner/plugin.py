@@ -14,7 +14,7 @@ from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
 from . import cpu_compat
-from .contract import ProgressReport, utc_now
+from .contract import Env, ProgressReport, utc_now
 from .progress import ProgressReporter
 from .settings import STATE_FILE_ENV
 
@@ -35,8 +35,8 @@ class ProgressCallback(TrainerCallback):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
         self.reporter: ProgressReporter | None = None
-        self.job_name = self.env.get("AXOLOTL_JOB_NAME", "")
-        self.job_namespace = self.env.get("AXOLOTL_JOB_NAMESPACE", "")
+        self.job_name = self.env.get(Env.JOB_NAME, "")
+        self.job_namespace = self.env.get(Env.JOB_NAMESPACE, "")
         self.loss: float | None = None
         self.learning_rate: float | None = None
         self.grad_norm: float | None = None
@@ -73,8 +73,8 @@ class ProgressCallback(TrainerCallback):
             return
         state_file = self.env.get(STATE_FILE_ENV)
         self.reporter = ProgressReporter(
-            url=self.env.get("AXOLOTL_PROGRESS_URL"),
-            token_file=self.env.get("AXOLOTL_PROGRESS_TOKEN_FILE"),
+            url=self.env.get(Env.PROGRESS_URL),
+            token_file=self.env.get(Env.PROGRESS_TOKEN_FILE),
             state_file=Path(state_file) if state_file else None,
         )
         self.start_time = time.monotonic()

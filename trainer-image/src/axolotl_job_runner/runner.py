@@ -35,6 +35,8 @@ from .contract import (
     OUTCOME_FAILED,
     OUTCOME_INVALID_CONFIG,
     OUTCOME_SUCCEEDED,
+    Env,
+    Paths,
     SummaryError,
     TerminationSummary,
 )
@@ -181,7 +183,7 @@ class Runner:
         path = (
             self.settings.termination_log
             if self.settings
-            else Path(self.env.get("AXOLOTL_TERMINATION_LOG") or "/dev/termination-log")
+            else Path(self.env.get(Env.TERMINATION_LOG) or Paths.TERMINATION_LOG)
         )
         write_summary(path, summary)
         return summary.exit_code
@@ -212,7 +214,7 @@ class Runner:
         result_file = self.workdir / "validation.json"
         env = dict(self.env)
         env.update(
-            {"AXOLOTL_DO_NOT_TRACK": "1", "AXOLOTL_JOB_RUNNER_WORLD_SIZE": str(self.settings.world_size)}
+            {Env.DO_NOT_TRACK: "1", "AXOLOTL_JOB_RUNNER_WORLD_SIZE": str(self.settings.world_size)}
         )
         argv = [
             sys.executable,
@@ -262,7 +264,7 @@ class Runner:
                 resume_from = str(found)
                 LOG.info("resuming from the last complete checkpoint %s", resume_from)
         raw = yaml.safe_load(self.settings.config_path.read_text(encoding="utf-8"))
-        config_file = self.workdir / "config.yaml"
+        config_file = self.workdir / Paths.CONFIG_FILE
         config_file.write_text(
             yaml.safe_dump(effective_config(raw, resume_from), sort_keys=False), encoding="utf-8"
         )
@@ -307,7 +309,7 @@ class Runner:
         self.supervisor.install()
         try:
             env = dict(self.env)
-            gpus = None if "NPROC_PER_NODE" in env else detect_gpus(env)
+            gpus = None if Env.NPROC_PER_NODE in env else detect_gpus(env)
             self.settings = load_settings(env, detected_gpus=gpus)
         except SettingsError as exc:
             return self._finish(

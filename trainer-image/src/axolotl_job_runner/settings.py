@@ -7,11 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_CONFIG_DIR = "/src/config"
-DEFAULT_BASE_VOLUME = "/workspace/data"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-DEFAULT_METRICS_PORT = 9402
-DEFAULT_MASTER_PORT = 29500
+from .contract import METRICS_PORT, RENDEZVOUS_PORT, Env, Paths
 
 # Set by the runner for the training child, read by the plugin there (internal contract).
 STATE_FILE_ENV = "AXOLOTL_JOB_RUNNER_STATE_FILE"
@@ -51,7 +47,7 @@ class Settings:
 
     @property
     def config_path(self) -> Path:
-        return self.config_dir / "config.yaml"
+        return self.config_dir / Paths.CONFIG_FILE
 
     @property
     def world_size(self) -> int:
@@ -81,30 +77,30 @@ def load_settings(env: Mapping[str, str] | None = None, detected_gpus: int | Non
     """
     env = os.environ if env is None else env
     nproc_default = detected_gpus if detected_gpus is not None else (count_visible_gpus(env) or 0)
-    nnodes = _int(env, "NNODES", 1)
-    node_rank = _int(env, "NODE_RANK", 0)
-    nproc = _int(env, "NPROC_PER_NODE", nproc_default)
+    nnodes = _int(env, Env.NNODES, 1)
+    node_rank = _int(env, Env.NODE_RANK, 0)
+    nproc = _int(env, Env.NPROC_PER_NODE, nproc_default)
     if nnodes < 1:
         raise SettingsError(f"NNODES={nnodes} must be >= 1")
     if not 0 <= node_rank < nnodes:
         raise SettingsError(f"NODE_RANK={node_rank} must be in [0, NNODES={nnodes})")
     if nproc < 0:
         raise SettingsError(f"NPROC_PER_NODE={nproc} must be >= 0")
-    master_addr = env.get("MASTER_ADDR") or None
+    master_addr = env.get(Env.MASTER_ADDR) or None
     if nnodes > 1 and not master_addr:
         raise SettingsError("NNODES > 1 needs MASTER_ADDR")
     return Settings(
-        config_dir=Path(env.get("AXOLOTL_CONFIG_DIR") or DEFAULT_CONFIG_DIR),
-        base_volume=Path(env.get("BASE_VOLUME") or DEFAULT_BASE_VOLUME),
-        termination_log=Path(env.get("AXOLOTL_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG),
-        metrics_port=_int(env, "AXOLOTL_METRICS_PORT", DEFAULT_METRICS_PORT),
-        progress_url=env.get("AXOLOTL_PROGRESS_URL") or None,
-        progress_token_file=env.get("AXOLOTL_PROGRESS_TOKEN_FILE") or None,
-        job_name=env.get("AXOLOTL_JOB_NAME", ""),
-        job_namespace=env.get("AXOLOTL_JOB_NAMESPACE", ""),
+        config_dir=Path(env.get(Env.CONFIG_DIR) or Paths.CONFIG_DIR),
+        base_volume=Path(env.get(Env.BASE_VOLUME) or Paths.DATA_MOUNT),
+        termination_log=Path(env.get(Env.TERMINATION_LOG) or Paths.TERMINATION_LOG),
+        metrics_port=_int(env, Env.METRICS_PORT, METRICS_PORT),
+        progress_url=env.get(Env.PROGRESS_URL) or None,
+        progress_token_file=env.get(Env.PROGRESS_TOKEN_FILE) or None,
+        job_name=env.get(Env.JOB_NAME, ""),
+        job_namespace=env.get(Env.JOB_NAMESPACE, ""),
         nnodes=nnodes,
         node_rank=node_rank,
         nproc_per_node=nproc,
         master_addr=master_addr,
-        master_port=_int(env, "MASTER_PORT", DEFAULT_MASTER_PORT),
+        master_port=_int(env, Env.MASTER_PORT, RENDEZVOUS_PORT),
     )

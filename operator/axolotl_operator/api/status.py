@@ -1,0 +1,171 @@
+"""The AxolotlJob's status: its vocabulary (phases, condition types, reasons) and its typed model.
+
+Why here, next to the spec: the status is API. Every phase, condition type and reason a user, an
+alert or a GitOps health check can match on is an enum member below, so the operator never compares
+free strings and the CRD's schema is generated from the same definitions.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .job import KubeModel, field
+
+
+class Phase(StrEnum):
+    """Where the job is in its life."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionType(StrEnum):
+    """metav1.Condition types, in the order they are listed. Ready/Stalled/Reconciling are the kstatus
+    conventions, so Flux and Argo CD read a job's health correctly."""
+
+    CREATED = "Created"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    READY = "Ready"
+    STALLED = "Stalled"
+    RECONCILING = "Reconciling"
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons of status.reason, conditions and Events."""
+
+    # Pending
+    CREATING = "Creating"
+    WAITING_FOR_CLEANUP = "WaitingForCleanup"
+    QUEUED = "Queued"
+    STARTING = "Starting"
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CONTAINER_ERROR = "ContainerError"
+    # Running / Suspended / Succeeded
+    TRAINING = "Training"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    # Failed
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_CONFIG = "InvalidConfig"
+    OOM_KILLED = "OOMKilled"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    POD_FAILURE_POLICY = "PodFailurePolicy"
+    JOB_FAILED = "JobFailed"  # any other reason the Job controller gives (named in the message)
+    # Pod diagnoses (inside messages and retry notes)
+    EVICTED = "Evicted"
+    ERROR = "Error"
+    # The Created condition
+    JOB_CREATED = "JobCreated"
+    JOB_DELETED = "JobDeleted"
+    # Events only
+    SPEC_WARNING = "SpecWarning"
+
+
+# Pending reasons that need the user's attention: their transitions are Warning Events.
+PROBLEM_REASONS = frozenset(
+    {
+        Reason.UNSCHEDULABLE,
+        Reason.IMAGE_PULL_FAILED,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
+        Reason.CONTAINER_ERROR,
+    }
+)
+
+# Server-side-apply field managers: the operator owns the status except `progress`, which belongs to
+# the trainer's reports (and their final numbers); the API server enforces the split.
+STATUS_FIELD_MANAGER = "axolotl-operator"
+PROGRESS_FIELD_MANAGER = "axolotl-operator-progress"
+
+
+class Condition(KubeModel):
+    """A metav1.Condition."""
+
+    type: str = Field(
+        description="Created, Running, Succeeded, Failed, Suspended, Ready (succeeded), Stalled (failed) "
+        "or Reconciling (pending or running)."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(description="What happened and what to do about it.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = field("The spec generation this condition was computed for.")
+
+
+class Progress(KubeModel):
+    """Live training progress reported by the trainer."""
+
+    step: int | None = field("Optimizer steps done.")
+    total_steps: int | None = field("Optimizer steps planned.")
+    percent: int | None = field("Progress in percent.")
+    epoch: float | None = field("Epochs done, fractional.")
+    loss: float | None = field("Latest training loss.")
+    learning_rate: float | None = field("Current learning rate.")
+    grad_norm: float | None = field("Latest gradient norm.")
+    tokens_per_second: float | None = field("Training throughput in tokens per second.")
+    eta_seconds: int | None = field("Estimated seconds until training ends.")
+    updated_at: str | None = field("When the trainer last reported (RFC 3339).")
+
+
+class Outputs(KubeModel):
+    """Where the result is."""
+
+    output_dir: str | None = field("Output directory on the job's volume.")
+    hub_model_id: str | None = field("Hub repository the result is pushed to.")
+    last_checkpoint: str | None = field("The newest checkpoint the trainer wrote.")
+
+
+# A map list keyed by `type`: server-side apply merges conditions per type instead of replacing them.
+CONDITIONS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+class AxolotlJobStatus(KubeModel):
+    """The observed state of the job; never written by users."""
+
+    phase: Phase | None = field("Pending, Running, Succeeded, Failed or Suspended.")
+    observed_generation: int | None = field("The spec generation the status reflects.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Created, Running, Succeeded, Failed, Suspended, Ready, Stalled, Reconciling.",
+        json_schema_extra=CONDITIONS_LIST_MAP,
+    )
+    progress: Progress | None = field("Live training progress.")
+    attempts: int | None = field("Pods started so far (1 + retries).")
+    start_time: str | None = field("When the training Job started (RFC 3339).")
+    completion_time: str | None = field("When the job finished (RFC 3339).")
+    message: str | None = field("Human-readable summary of the current state.")
+    # A string in the schema (a Reason member in the code): new reasons need no CRD change.
+    reason: str | None = field("Machine-readable reason of the current phase.")
+    job_name: str | None = field("Name of the batch/v1 Job.")
+    config_map_name: str | None = field("Name of the ConfigMap holding the rendered config.")
+    claim_name: str | None = field("Name of the PersistentVolumeClaim mounted at /workspace/data.")
+    outputs: Outputs | None = field("Where the result is.")
+
+    def owned(self) -> dict[str, Any]:
+        """The operator's part of the status as JSON (everything but `progress`), None fields absent."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"progress"})
+
+
+# Status keys the operator's field manager owns (all but `progress`), in the model's order.
+OWNED_STATUS_KEYS = tuple(
+    info.alias or name for name, info in AxolotlJobStatus.model_fields.items() if name != "progress"
+)
+PROGRESS_KEYS = tuple(info.alias or name for name, info in Progress.model_fields.items())

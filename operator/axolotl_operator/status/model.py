@@ -1,0 +1,75 @@
+"""The status computation's value types: what it needs from the spec, what it decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.status import Phase, Reason
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the status needs from the validated spec (or the validation errors)."""
+
+    spec_errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    output_dir: str | None = None
+    hub_model_id: str | None = None
+    claim_name: str | None = None
+    gpus: int = 0
+    gpu_resource: str = "nvidia.com/gpu"
+    queue_name: str | None = None
+    suspend: bool = False
+    backoff_limit: int | None = None
+    active_deadline_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The phase, its reason and the message a user reads, plus the summary the numbers come from."""
+
+    phase: Phase
+    reason: Reason
+    message: str
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One thing to tell the user as an Event on the AxolotlJob."""
+
+    type: str  # Normal or Warning
+    reason: Reason
+    message: str
+
+
+def facts_of(parsed: Any, settings: Any) -> JobFacts:
+    """JobFacts of a valid job (a ParsedJob and the OperatorSettings)."""
+    from ..constants import Names
+    from ..render import training_config  # pure; imported here so the status package stays small
+
+    spec = parsed.job.spec
+    config, _ = training_config(parsed)
+    storage = spec.storage
+    claim = storage.existing_claim if storage and storage.existing_claim else Names.of(parsed.name).claim
+    return JobFacts(
+        warnings=tuple(str(w) for w in parsed.warnings),
+        output_dir=config.get("output_dir"),
+        hub_model_id=config.get("hub_model_id"),
+        claim_name=claim,
+        gpus=spec.gpus,
+        gpu_resource=settings.gpu_resource_name,
+        queue_name=spec.queue_name or None,
+        suspend=spec.suspend,
+        backoff_limit=spec.backoff_limit,
+        active_deadline_seconds=spec.active_deadline_seconds,
+    )
+
+
+def facts_of_error(error: Any) -> JobFacts:
+    """JobFacts of an invalid job (a SpecError): its errors and warnings."""
+    return JobFacts(
+        spec_errors=tuple(str(e) for e in error.errors) or (str(error),),
+        warnings=tuple(str(w) for w in error.warnings),
+    )

@@ -1,0 +1,153 @@
+"""The one writer of AxolotlJob status: the work queue's process function.
+
+For a key it reads the AxolotlJob, its Job and pods, computes the status (pure, `status`) and applies
+what changed with server-side apply under two field managers: the operator's (phase, reason, message,
+conditions, times, names) and the progress manager's (`status.progress`: the trainer's accepted reports
+and a finished run's final numbers). Progress writes are rate-limited per job (one per report interval,
+the final report at once); a report that must wait makes the key run again when its window opens.
+Errors propagate: the queue retries with backoff, so no update is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import metrics
+from .api.status import OWNED_STATUS_KEYS, PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER, Reason
+from .constants import CONTROLLER_UID_LABEL, Names
+from .kube import ApiError, KubeApi, Obj, now
+from .progress import Report, is_newer, newest, to_progress
+from .render import controlled_by
+from .status import JobFacts, StatusResult, compute_status
+from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS
+
+log = logging.getLogger("axolotl_operator")
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+class StatusWriter:
+    """Computes and applies one AxolotlJob's status; holds the progress reports waiting to be written."""
+
+    def __init__(
+        self,
+        kube: KubeApi,
+        facts: Callable[[Mapping[str, Any]], JobFacts],
+        progress_interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.facts = facts
+        self.progress_interval = progress_interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._reports: dict[Key, Report] = {}
+        self._last_progress: dict[Key, float] = {}
+
+    # ---------------------------------------------------------------- progress reports
+
+    def offer(self, report: Report) -> Key:
+        """Keep an accepted report (the newest per job) for the next sync of its job; returns the key."""
+        key = (report.job_namespace, report.job_name)
+        with self._lock:
+            self._reports[key] = newest(self._reports.get(key), report)
+        return key
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._reports.pop(key, None)
+            self._last_progress.pop(key, None)
+
+    # ---------------------------------------------------------------- the sync
+
+    def sync(self, key: Key) -> float | None:
+        """Bring the job's status up to date; seconds until a waiting report may be written, or None."""
+        namespace, name = key
+        axj = self.kube.get_axolotljob(namespace, name)
+        if axj is None or axj["metadata"].get("deletionTimestamp"):
+            self.forget(key)
+            return None
+        facts = self.facts(axj)
+        job, pods, foreign = self._children(axj, facts)
+        result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign)
+        status = dict(axj.get("status") or {})
+        if result.changed(status):
+            self._apply(key, result.status, STATUS_FIELD_MANAGER)
+            self._announce(axj, result)
+            status = {k: v for k, v in status.items() if k not in OWNED_STATUS_KEYS} | result.status
+        if result.progress_changed(status):
+            self._apply(key, {"progress": result.progress}, PROGRESS_FIELD_MANAGER)
+            status["progress"] = result.progress
+        return self._write_report(key, status)
+
+    def _children(self, axj: Obj, facts: JobFacts) -> tuple[Obj | None, list[Obj], Obj | None]:
+        """(this AxolotlJob's Job, its pods, a previous AxolotlJob's Job of the same name)."""
+        if facts.spec_errors:
+            return None, [], None
+        meta = axj["metadata"]
+        job = self.kube.get_job(meta["namespace"], Names.of(meta["name"]).job)
+        if job is None:
+            return None, [], None
+        if not controlled_by(job, meta["uid"]):
+            return None, [], job  # about to be garbage-collected
+        pods = self.kube.list_pods(meta["namespace"], f"{CONTROLLER_UID_LABEL}={job['metadata']['uid']}")
+        return job, pods, None
+
+    def _apply(self, key: Key, status: Mapping[str, Any], manager: str) -> None:
+        try:
+            self.kube.apply_status(key[0], key[1], status, manager)
+        except ApiError as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to write
+                raise
+
+    def _write_report(self, key: Key, status: Mapping[str, Any]) -> float | None:
+        with self._lock:
+            report = self._reports.get(key)
+            if report is None:
+                return None
+            if not is_newer(report, status):
+                del self._reports[key]
+                return None
+            wait = self._last_progress.get(key, -math.inf) + self.progress_interval - self.clock()
+            if wait > 0 and not report.final:
+                return wait
+            del self._reports[key]
+        try:
+            self._apply(key, {"progress": to_progress(report)}, PROGRESS_FIELD_MANAGER)
+        except Exception:
+            self.offer(report)  # retried with the key; a newer report meanwhile wins
+            raise
+        with self._lock:
+            self._last_progress[key] = self.clock()
+        metrics.observe_progress(key[0], key[1], to_progress(report))
+        log.debug("%s/%s: progress step %d", key[0], key[1], report.step)
+        return None
+
+    # ---------------------------------------------------------------- events
+
+    def _announce(self, axj: Obj, result: StatusResult) -> None:
+        """One Event (and log line) per transition just written; an Event that cannot be recorded is
+        logged, not retried (the status already says it)."""
+        namespace, name = axj["metadata"]["namespace"], axj["metadata"]["name"]
+        for transition in result.transitions:
+            if transition.reason != Reason.SPEC_WARNING:
+                metrics.transition(result.status["phase"], transition.reason)
+            log.info("%s/%s: %s: %s", namespace, name, transition.reason, transition.message)
+            try:
+                self.kube.event(axj, transition.type, transition.reason, transition.message)
+            except ApiError as exc:
+                # A namespace being deleted refuses new Events: expected, not worth a warning.
+                terminating = exc.status == 403 and "being terminated" in str(exc)
+                log.log(
+                    logging.DEBUG if terminating else logging.WARNING,
+                    "%s/%s: could not record event %s: %s",
+                    namespace,
+                    name,
+                    transition.reason,
+                    exc,
+                )

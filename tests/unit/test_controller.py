@@ -1,0 +1,217 @@
+"""The Operator (the shell) against an in-memory API: children, adoption, a foreign Job, a Job deleted
+by its TTL, status retried after API errors, progress rate-limited under its own field manager."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pytest
+from axolotl_operator.api.status import PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER
+from axolotl_operator.controller import Operator
+from axolotl_operator.progress import parse_report
+from axolotl_operator.settings import OperatorSettings
+from conftest import manifest
+from fake_kube import FakeKube
+
+NS, NAME = "ml", "demo"
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def make_operator(kube):
+    made: list[Operator] = []
+
+    def make(**kwargs: Any) -> Operator:
+        options = {"workers": 2, "resync_seconds": 0, "retry_base_delay": 0.001, "retry_max_delay": 0.01}
+        operator = Operator(OperatorSettings(), kube, **{**options, **kwargs}).start()
+        made.append(operator)
+        return operator
+
+    yield make
+    for operator in made:
+        operator.stop()
+
+
+def stored_axj(kube: FakeKube, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj = manifest()
+    obj["metadata"]["generation"] = 1
+    if status is not None:
+        obj["status"] = status
+    return kube.put(obj)
+
+
+def status_of(kube: FakeKube) -> dict[str, Any]:
+    return (kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME) or {}).get("status") or {}
+
+
+def settle(operator: Operator) -> None:
+    assert operator.queue.drain(10), "the status queue did not settle"
+
+
+def test_reconcile_creates_the_children_and_the_status_once(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    for kind, name in (("ConfigMap", "demo-config"), ("PersistentVolumeClaim", "demo-data")):
+        assert kube.find("v1", kind, NS, name) is not None
+    job = kube.find("batch/v1", "Job", NS, NAME)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == axj["metadata"]["uid"]
+    status = status_of(kube)
+    assert (status["phase"], status["reason"]) == ("Pending", "Starting")
+    assert {manager for _, manager, _ in kube.applies} == {STATUS_FIELD_MANAGER}
+    # Reconciling again changes nothing: no second Job, no second status write, no second Event.
+    applies, events = len(kube.applies), len(kube.events)
+    operator.reconcile(kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME), NS, NAME)
+    settle(operator)
+    assert (len(kube.applies), len(kube.events)) == (applies, events)
+    assert sum(1 for key in kube.objects if key[1] == "Job") == 1
+
+
+def test_a_child_without_a_controller_is_adopted(kube, make_operator):
+    operator = make_operator()
+    kube.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo-config", "namespace": NS}})
+    axj = stored_axj(kube)
+    operator.reconcile(axj, NS, NAME)
+    refs = kube.find("v1", "ConfigMap", NS, "demo-config")["metadata"]["ownerReferences"]
+    assert [(r["uid"], r["controller"]) for r in refs] == [(axj["metadata"]["uid"], True)]
+
+
+def test_a_job_of_a_deleted_namesake_is_waited_out(kube, make_operator):
+    operator = make_operator()
+    foreign_owner = {"apiVersion": "axolotl.ai/v1alpha1", "kind": "AxolotlJob", "name": NAME, "uid": "old"}
+    kube.put(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": NAME,
+                "namespace": NS,
+                "ownerReferences": [{**foreign_owner, "controller": True}],
+            },
+        }
+    )
+    axj = stored_axj(kube)
+    with pytest.raises(kopf.TemporaryError, match="garbage-collected"):
+        operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    status = status_of(kube)
+    assert (status["phase"], status["reason"]) == ("Pending", "WaitingForCleanup")
+    assert "uid old" in status["message"]
+    assert kube.find("batch/v1", "Job", NS, NAME)["metadata"]["ownerReferences"][0]["uid"] == "old"
+
+
+def test_a_finished_job_whose_job_was_deleted_by_its_ttl_is_not_trained_again(kube, make_operator):
+    operator = make_operator()
+    finished = {"phase": "Succeeded", "reason": "Succeeded", "message": "training finished", "attempts": 1}
+    axj = stored_axj(kube, finished)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    assert kube.find("batch/v1", "Job", NS, NAME) is None
+    assert "create" not in kube.calls
+    status = status_of(kube)
+    assert status["phase"] == "Succeeded"
+    created = next(c for c in status["conditions"] if c["type"] == "Created")
+    assert created["reason"] == "JobDeleted"
+
+
+@pytest.mark.parametrize("method, code", [("apply_status", 500), ("get_axolotljob", 429), ("list_pods", 503)])
+def test_status_is_retried_after_api_errors_until_written(kube, make_operator, method, code):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    kube.delete("batch/v1", "Job", NS, NAME)  # the Job vanished: the status must say so
+    kube.put({**kube_job(axj), "status": {"conditions": [cond("Complete")]}})
+    kube.fail(method, code, times=4)
+    operator.enqueue(NS, NAME)
+    settle(operator)
+    assert status_of(kube)["phase"] == "Succeeded"
+    assert kube.calls.count(method) >= 5  # four refused, then the one that worked
+
+
+def kube_job(axj: dict[str, Any]) -> dict[str, Any]:
+    owner = {"apiVersion": "axolotl.ai/v1alpha1", "kind": "AxolotlJob", "name": NAME}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": NAME,
+            "namespace": NS,
+            "ownerReferences": [{**owner, "uid": axj["metadata"]["uid"], "controller": True}],
+        },
+        "spec": {"parallelism": 1},
+    }
+
+
+def cond(type_: str) -> dict[str, str]:
+    return {"type": type_, "status": "True", "lastTransitionTime": "2026-12-01T00:00:00Z"}
+
+
+def report(step: int, final: bool = False, second: int = 0) -> Any:
+    body = {"jobName": NAME, "jobNamespace": NS, "step": step, "totalSteps": 100, "final": final}
+    body["timestamp"] = f"2026-12-01T00:00:{second:02d}Z"
+    return parse_report(json.dumps(body), datetime(2026, 12, 2, tzinfo=UTC))
+
+
+def progress_writes(kube: FakeKube) -> list[int]:
+    return [
+        status["progress"]["step"] for _, manager, status in kube.applies if manager == PROGRESS_FIELD_MANAGER
+    ]
+
+
+def wait_until(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_progress_is_written_by_its_own_manager_at_most_once_per_interval(kube, make_operator):
+    operator = make_operator()
+    operator.writer.progress_interval = 3600  # one write per hour: later reports wait, the final does not
+    axj = stored_axj(kube)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    operator.accept_progress(report(10, second=1))
+    settle(operator)
+    assert progress_writes(kube) == [10]
+    reads = kube.calls.count("get_axolotljob")
+    operator.accept_progress(report(20, second=2))
+    wait_until(lambda: kube.calls.count("get_axolotljob") > reads and len(operator.queue) == 1, "the sync")
+    assert progress_writes(kube) == [10]  # held back: the key waits for the window to open
+    operator.accept_progress(report(40, final=True, second=4))
+    settle(operator)
+    assert progress_writes(kube) == [10, 40]
+    assert status_of(kube)["progress"]["etaSeconds"] == 0
+    assert status_of(kube)["phase"] == "Pending"  # progress leaves the operator's fields alone
+    assert {manager for _, manager, _ in kube.applies} == {STATUS_FIELD_MANAGER, PROGRESS_FIELD_MANAGER}
+
+
+def test_a_report_after_the_job_finished_is_dropped(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube, {"phase": "Succeeded", "reason": "Succeeded", "progress": {"step": 100}})
+    kube.put({**kube_job(axj), "status": {"conditions": [cond("Complete")]}})
+    operator.accept_progress(report(50, second=9))
+    settle(operator)
+    assert status_of(kube)["progress"]["step"] == 100
+    assert 50 not in progress_writes(kube)
+
+
+def test_the_resync_revisits_unfinished_jobs_only(kube, make_operator):
+    operator = make_operator(resync_seconds=0.01)
+    stored_axj(kube)
+    operator.seen(NS, "finished", "Succeeded")
+    operator.seen(NS, NAME, "Running")
+    wait_until(lambda: kube.calls.count("get_axolotljob") >= 3, "three resyncs")
+    assert list(operator._unfinished()) == [(NS, NAME)]
+    operator.forget(NS, NAME)
+    assert list(operator._unfinished()) == []
