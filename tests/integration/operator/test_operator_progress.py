@@ -172,6 +172,17 @@ def test_a_pods_report_becomes_the_jobs_progress(op, namespace, progress_port):
     assert "learningRate" not in progress  # the newest report is the whole picture
     assert token not in op.log()
 
+    # Two field managers own the status, as the API server records it (--show-managed-fields).
+    managed = kubectl_json("get", "axj", "trained", "-n", namespace, "--show-managed-fields")["metadata"]
+    owners = {
+        entry["manager"]: set(entry["fieldsV1"]["f:status"])
+        for entry in managed["managedFields"]
+        if entry.get("subresource") == "status" and entry["operation"] == "Apply"
+    }
+    assert owners["axolotl-operator-progress"] == {"f:progress"}
+    assert {"f:phase", "f:conditions", "f:message"} <= owners["axolotl-operator"]
+    assert "f:progress" not in owners["axolotl-operator"]
+
 
 def test_reports_without_the_jobs_own_pod_token_are_refused(op, namespace, progress_port):
     apply_yaml(make_axj("target", annotations=HOLD), namespace)
