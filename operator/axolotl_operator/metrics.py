@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, start_http_server
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+from .api.status import Phase
 
 JOBS = Gauge("axolotl_operator_jobs", "AxolotlJobs by phase (Unknown: no status yet).", ["phase"])
 TRANSITIONS = Counter(
@@ -54,7 +54,7 @@ def serve(port: int) -> None:
 
 def _publish() -> None:
     tally = Tally(_phases.values())
-    for phase in (*PHASES, "Unknown"):
+    for phase in (*Phase, "Unknown"):
         JOBS.labels(phase).set(tally.get(phase, 0))
 
 

@@ -35,10 +35,6 @@ from .yamlio import dump
 
 Manifest = dict[str, Any]
 
-# The rendered container's side of the trainer contract, kept under the names render has always used.
-DATA_MOUNT = Paths.DATA_MOUNT
-CONFIG_DIR = Paths.CONFIG_DIR
-INVALID_CONFIG_EXIT_CODE = EXIT_INVALID_CONFIG
 PROGRESS_TOKEN_SECONDS = 3600  # the projected token's lifetime; the kubelet rotates it before then
 
 
@@ -69,19 +65,19 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def output_dir(job_name: str) -> str:
-    return f"{DATA_MOUNT}/outputs/{job_name}"
+    return f"{Paths.DATA_MOUNT}/outputs/{job_name}"
 
 
 def training_config(parsed: ParsedJob) -> tuple[dict[str, Any], dict[str, str]]:
     """The config file Axolotl reads, plus extra files for the ConfigMap (an inline DeepSpeed config)."""
     config = dict(parsed.config)
     config.setdefault("output_dir", output_dir(parsed.name))
-    config.setdefault("dataset_prepared_path", f"{DATA_MOUNT}/prepared")
+    config.setdefault("dataset_prepared_path", f"{Paths.DATA_MOUNT}/prepared")
     config.setdefault("auto_resume_from_checkpoints", True)
     files: dict[str, str] = {}
     if isinstance(config.get("deepspeed"), Mapping):
         files[Paths.DEEPSPEED_FILE] = json.dumps(config["deepspeed"], indent=2, sort_keys=True) + "\n"
-        config["deepspeed"] = f"{CONFIG_DIR}/{Paths.DEEPSPEED_FILE}"
+        config["deepspeed"] = f"{Paths.CONFIG_DIR}/{Paths.DEEPSPEED_FILE}"
     return config, files
 
 
@@ -161,8 +157,8 @@ def _service(names: Names, metadata: dict[str, Any]) -> Manifest:
 def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str) -> list[dict[str, Any]]:
     spec = parsed.job.spec
     env: list[dict[str, Any]] = [
-        {"name": Env.BASE_VOLUME, "value": DATA_MOUNT},
-        {"name": Env.CONFIG_DIR, "value": CONFIG_DIR},
+        {"name": Env.BASE_VOLUME, "value": Paths.DATA_MOUNT},
+        {"name": Env.CONFIG_DIR, "value": Paths.CONFIG_DIR},
         {"name": Env.HF_HOME, "value": Paths.HF_HOME},
         {"name": Env.DO_NOT_TRACK, "value": "1"},
         {"name": Env.JOB_NAME, "value": parsed.name},
@@ -220,8 +216,8 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
     if spec.nodes > 1:
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
     mounts = [
-        {"name": "data", "mountPath": DATA_MOUNT},
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "data", "mountPath": Paths.DATA_MOUNT},
+        {"name": "config", "mountPath": Paths.CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     volumes: list[dict[str, Any]] = [
@@ -295,7 +291,7 @@ def _job(
                     "onExitCodes": {
                         "containerName": CONTAINER_NAME,
                         "operator": "In",
-                        "values": [INVALID_CONFIG_EXIT_CODE],
+                        "values": [EXIT_INVALID_CONFIG],
                     },
                 },
                 # Eviction and preemption are not the training's fault: retry without using up backoffLimit.

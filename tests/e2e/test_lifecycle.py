@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from axolotl_operator.render import INVALID_CONFIG_EXIT_CODE
+from axolotl_operator.trainer_contract import EXIT_INVALID_CONFIG
 from e2e_support import (
     OPERATOR_SELECTOR,
     Release,
@@ -49,7 +49,7 @@ def test_a_config_only_axolotl_rejects_fails_once_in_the_pod_naming_the_key(
     pods = training_pods("rejected", namespace)
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert terminated["exitCode"] == INVALID_CONFIG_EXIT_CODE
+    assert terminated["exitCode"] == EXIT_INVALID_CONFIG
     summary = termination_summary(pods[0])
     assert summary["outcome"] == "invalid_config" and summary["error"]["key"] == "save_strategy"
     batch_job = kubectl_json("get", "job", "rejected", "-n", namespace)

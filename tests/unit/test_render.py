@@ -7,8 +7,9 @@ import os
 import pytest
 import yaml
 from axolotl_operator.api import SpecError, parse_job
-from axolotl_operator.render import INVALID_CONFIG_EXIT_CODE, render
+from axolotl_operator.render import render
 from axolotl_operator.settings import OperatorSettings
+from axolotl_operator.trainer_contract import EXIT_INVALID_CONFIG
 from axolotl_operator.yamlio import dump_all, load_all
 from conftest import EXAMPLES, REPO, manifest
 
@@ -109,7 +110,7 @@ def test_failure_policy_ignores_disruptions_and_fails_fast_on_invalid_config():
     assert rules[0]["onExitCodes"] == {
         "containerName": "trainer",
         "operator": "In",
-        "values": [INVALID_CONFIG_EXIT_CODE],
+        "values": [EXIT_INVALID_CONFIG],
     }
     assert rules[1] == {
         "action": "Ignore",
