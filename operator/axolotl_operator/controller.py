@@ -18,11 +18,11 @@ import kopf
 
 from . import metrics
 from .api import SpecError, parse_job
-from .api.status import TERMINAL_PHASES
-from .constants import JOB_LABEL
-from .kube import KubeApi
+from .api.status import TERMINAL_PHASES, Reason
+from .kube import ApiError, KubeApi
+from .ownership import Ownership, controller_of, describe, ownership
 from .progress import Report
-from .render import controlled_by, job_updates, render
+from .render import job_updates, render
 from .settings import OperatorSettings
 from .status import JobFacts, facts_of, facts_of_error
 from .status_writer import Key, StatusWriter
@@ -31,6 +31,8 @@ from .workqueue import WorkQueue
 log = logging.getLogger("axolotl_operator")
 
 RETRY_DELAY = 3  # seconds before Kopf retries a reconcile that had to wait (e.g. for garbage collection)
+CONFLICT_RECHECK_SECONDS = 30  # a child name taken by a foreign object: look again (the user may remove it)
+REJECTED_STATUSES = frozenset({400, 404, 422})  # the request itself is wrong: retrying cannot help
 STATUS_WORKERS = 8
 RESYNC_SECONDS = 300.0
 FACTS_CACHE_MAX = 4096
@@ -52,7 +54,7 @@ class Operator:
         self.settings = settings
         self.kube = kube
         self.resync_seconds = resync_seconds
-        self.writer = StatusWriter(kube, self.facts)
+        self.writer = StatusWriter(kube, self.facts, self.blocker)
         self.queue = WorkQueue(
             self.writer.sync,  # type: ignore[arg-type]
             workers=workers,
@@ -63,6 +65,7 @@ class Operator:
         )
         self._facts: dict[tuple[str, int], JobFacts] = {}
         self._phases: dict[Key, str | None] = {}  # every AxolotlJob seen -> its last seen phase
+        self._blockers: dict[Key, tuple[Reason, str]] = {}  # why reconcile cannot go on (shown in status)
         self._guard = threading.Lock()
 
     def start(self) -> Operator:
@@ -88,6 +91,7 @@ class Operator:
         key = (namespace, name)
         with self._guard:
             self._phases.pop(key, None)
+            self._blockers.pop(key, None)
         self.queue.forget(key)
         self.writer.forget(key)
 
@@ -127,6 +131,8 @@ class Operator:
             facts = facts_of(parse_job(axj), self.settings)
         except SpecError as error:
             facts = facts_of_error(error)
+        except Exception as error:  # never retried forever: the status says the spec is unreadable
+            facts = JobFacts(spec_errors=(f"the operator could not read the spec: {_short(error)}",))
         with self._guard:
             if len(self._facts) >= FACTS_CACHE_MAX:
                 self._facts.clear()
@@ -138,26 +144,27 @@ class Operator:
     def reconcile(self, body: Mapping[str, Any], namespace: str, name: str) -> None:
         """Make the children exist as rendered; idempotent, so create, update and resume share it."""
         manifest = {key: body[key] for key in body}  # Kopf's Body as a plain dict
+        key = (namespace, name)
         try:
             parsed = parse_job(manifest)
         except SpecError as error:
             self.enqueue(namespace, name)
             raise kopf.PermanentError(f"invalid spec, nothing created: {error}") from None
+        except Exception as error:  # a spec that breaks the parser is reported, never retried forever
+            self._block(key, Reason.INVALID_SPEC, f"the operator could not read the spec: {_short(error)}")
+            raise kopf.PermanentError(f"unreadable spec: {_short(error)}") from None
         phase = (manifest.get("status") or {}).get("phase")
         if phase in TERMINAL_PHASES and self.kube.get_job(namespace, name) is None:
             # Finished and its Job removed by ttlSecondsAfterFinished: never train again on resume.
             log.info("%s/%s: reconciled: %s and its Job is gone; nothing to create", namespace, name, phase)
             self.enqueue(namespace, name)
             return
+        self._unblock(key)  # this attempt finds out again what (if anything) stops it
         children = render(parsed, self.settings, namespace, owner=manifest)
         uid = manifest["metadata"]["uid"]
         job: dict[str, Any] | None = None
         for child in children.manifests():
-            obj, created = self.kube.create(child)
-            if created:
-                log.info("%s/%s: created %s %s", namespace, name, child["kind"], child["metadata"]["name"])
-            else:
-                self._adopt(obj, child, uid)
+            obj = self._ensure(key, child, uid)
             if child is children.job:
                 job = obj
         assert job is not None
@@ -170,30 +177,62 @@ class Operator:
         self.enqueue(namespace, name)
         log.info("%s/%s: reconciled", namespace, name)
 
-    def _adopt(self, existing: Mapping[str, Any], desired: Mapping[str, Any], uid: str) -> None:
-        """An existing child is kept; one without a controller is adopted; another owner's is waited out."""
-        meta = existing.get("metadata") or {}
-        refs = list(meta.get("ownerReferences") or [])
-        controller = next((ref for ref in refs if ref.get("controller")), None)
-        wanted = desired["metadata"].get("ownerReferences")
-        kind, child = desired["kind"], desired["metadata"]["name"]
-        namespace = desired["metadata"]["namespace"]
-        if controller is None:
-            if wanted:
-                log.info("%s/%s: adopting %s %s", namespace, child, kind, child)
-                self.kube.merge_patch(
-                    desired["apiVersion"],
-                    kind,
-                    namespace,
-                    child,
-                    {"metadata": {"ownerReferences": refs + list(wanted)}},
-                )
-            return
-        if not controlled_by(existing, uid):
-            self.enqueue(namespace, (desired["metadata"].get("labels") or {}).get(JOB_LABEL, child))
+    def _ensure(self, key: Key, child: Mapping[str, Any], uid: str) -> Mapping[str, Any]:
+        """Create the child, or accept the existing one only if it is provably this job's."""
+        namespace, name = key
+        kind, child_name = child["kind"], child["metadata"]["name"]
+        try:
+            obj, created = self.kube.create(child)
+        except ApiError as exc:
+            if exc.status in REJECTED_STATUSES:  # the API server refuses what the spec asks for
+                message = f"the API server refused {kind} {child_name}: {_short(exc)}. Fix the field it names"
+                self._block(key, Reason.CREATE_REJECTED, message)
+                raise kopf.PermanentError(message) from None
+            raise
+        if created:
+            log.info("%s/%s: created %s %s", namespace, name, kind, child_name)
+            return obj
+        found = ownership(obj, name, uid)
+        if found is Ownership.ADOPT and child["metadata"].get("ownerReferences"):
+            log.info("%s/%s: adopting %s %s (made for this AxolotlJob)", namespace, name, kind, child_name)
+            refs = list(obj["metadata"].get("ownerReferences") or []) + child["metadata"]["ownerReferences"]
+            patch = {"metadata": {"ownerReferences": refs}}
+            return self.kube.merge_patch(child["apiVersion"], kind, namespace, child_name, patch)
+        if found in (Ownership.OURS, Ownership.ADOPT):
+            return obj
+        if found is Ownership.NAMESAKE:
+            self.enqueue(namespace, name)  # the status says WaitingForCleanup once the Job is read
             raise kopf.TemporaryError(
-                f"{kind} {child} belongs to {controller.get('kind')} {controller.get('name')} "
-                f"(uid {controller.get('uid')}), e.g. a deleted AxolotlJob of the same name; "
-                "waiting for it to be garbage-collected",
+                f"{describe(obj)} belongs to a deleted AxolotlJob of the same name "
+                f"(uid {controller_of(obj).get('uid')}); waiting for it to be garbage-collected",  # type: ignore[union-attr]
                 delay=RETRY_DELAY,
             )
+        fix = (
+            f"set spec.storage.existingClaim: {child_name} to train on that claim's data, or delete it"
+            if kind == "PersistentVolumeClaim"
+            else "delete or rename it, or give the AxolotlJob another name"
+        )
+        message = f"{describe(obj)} already exists where this job needs its {kind}; left untouched: {fix}"
+        self._block(key, Reason.CHILD_NAME_CONFLICT, message)
+        raise kopf.TemporaryError(message, delay=CONFLICT_RECHECK_SECONDS)
+
+    # ---------------------------------------------------------------- blockers (shown in the status)
+
+    def _block(self, key: Key, reason: Reason, message: str) -> None:
+        with self._guard:
+            self._blockers[key] = (reason, message)
+        self.queue.add(key)
+
+    def _unblock(self, key: Key) -> None:
+        with self._guard:
+            self._blockers.pop(key, None)
+
+    def blocker(self, key: Key) -> tuple[Reason, str] | None:
+        with self._guard:
+            return self._blockers.get(key)
+
+
+def _short(error: BaseException, limit: int = 500) -> str:
+    """One line of an error for the status: its type when it has no message, bounded."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,6 +17,7 @@ from .constants import (
     COMPLETION_INDEX_ANNOTATION,
     CONTAINER_NAME,
     JOB_LABEL,
+    OWNER_UID_ANNOTATION,
     QUEUE_LABEL,
     RETAIN_ANNOTATION,
     RUNNER_COMMAND,
@@ -99,6 +100,8 @@ def render(
             "namespace": namespace,
             "labels": labels(parsed.name, component),
         }
+        if owner is not None:  # which AxolotlJob made it: only such an object is ever adopted
+            meta["annotations"] = {OWNER_UID_ANNOTATION: owner["metadata"]["uid"]}
         if owned and owners:
             meta["ownerReferences"] = owners
         return meta
@@ -135,7 +138,7 @@ def _claim(job: AxolotlJob, settings: OperatorSettings, metadata: dict[str, Any]
     storage_class = (storage.storage_class_name if storage else None) or settings.default_storage_class
     if storage_class:
         spec["storageClassName"] = storage_class
-    metadata["annotations"] = {RETAIN_ANNOTATION: "true"}
+    metadata["annotations"] = {**metadata.get("annotations", {}), RETAIN_ANNOTATION: "true"}
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
 
 
@@ -308,11 +311,6 @@ def _job(
 
 
 # --- keeping an existing Job in line with the AxolotlJob (pure, used by the operator) ---
-
-
-def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
 
 
 def job_updates(

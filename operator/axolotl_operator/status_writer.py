@@ -3,8 +3,9 @@
 For a key it reads the AxolotlJob, its Job and pods, computes the status (pure, `status`) and applies
 what changed with server-side apply under two field managers: the operator's (phase, reason, message,
 conditions, times, names) and the progress manager's (`status.progress`: the trainer's accepted reports
-and a finished run's final numbers). Progress writes are rate-limited per job (one per report interval,
-the final report at once); a report that must wait makes the key run again when its window opens.
+and a finished run's final numbers). Progress writes are rate-limited per job: one per report interval,
+except that a final report skips the wait, at most once per interval (a sender repeating "final" is
+coalesced like any other); a report that must wait makes the key run again when its window opens.
 Errors propagate: the queue retries with backoff, so no update is lost.
 """
 
@@ -21,8 +22,8 @@ from . import metrics
 from .api.status import OWNED_STATUS_KEYS, PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER, Reason
 from .constants import CONTROLLER_UID_LABEL, Names
 from .kube import ApiError, KubeApi, Obj, now
+from .ownership import controlled_by
 from .progress import Report, is_newer, newest, to_progress
-from .render import controlled_by
 from .status import JobFacts, StatusResult, compute_status
 from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS
 
@@ -38,16 +39,19 @@ class StatusWriter:
         self,
         kube: KubeApi,
         facts: Callable[[Mapping[str, Any]], JobFacts],
+        blocker: Callable[[Key], tuple[Reason, str] | None] = lambda key: None,
         progress_interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.facts = facts
+        self.blocker = blocker
         self.progress_interval = progress_interval
         self.clock = clock
         self._lock = threading.Lock()
         self._reports: dict[Key, Report] = {}
         self._last_progress: dict[Key, float] = {}
+        self._early_final: dict[Key, float] = {}  # when a final report last skipped the wait
 
     # ---------------------------------------------------------------- progress reports
 
@@ -62,6 +66,7 @@ class StatusWriter:
         with self._lock:
             self._reports.pop(key, None)
             self._last_progress.pop(key, None)
+            self._early_final.pop(key, None)
 
     # ---------------------------------------------------------------- the sync
 
@@ -74,7 +79,7 @@ class StatusWriter:
             return None
         facts = self.facts(axj)
         job, pods, foreign = self._children(axj, facts)
-        result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign)
+        result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign, blocker=self.blocker(key))
         status = dict(axj.get("status") or {})
         if result.changed(status):
             self._apply(key, result.status, STATUS_FIELD_MANAGER)
@@ -113,8 +118,10 @@ class StatusWriter:
             if not is_newer(report, status):
                 del self._reports[key]
                 return None
-            wait = self._last_progress.get(key, -math.inf) + self.progress_interval - self.clock()
-            if wait > 0 and not report.final:
+            at = self.clock()
+            wait = self._last_progress.get(key, -math.inf) + self.progress_interval - at
+            early = report.final and at - self._early_final.get(key, -math.inf) >= self.progress_interval
+            if wait > 0 and not early:
                 return wait
             del self._reports[key]
         try:
@@ -124,6 +131,8 @@ class StatusWriter:
             raise
         with self._lock:
             self._last_progress[key] = self.clock()
+            if wait > 0:
+                self._early_final[key] = self._last_progress[key]
         metrics.observe_progress(key[0], key[1], to_progress(report))
         log.debug("%s/%s: progress step %d", key[0], key[1], report.step)
         return None

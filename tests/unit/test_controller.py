@@ -76,13 +76,65 @@ def test_reconcile_creates_the_children_and_the_status_once(kube, make_operator)
     assert sum(1 for key in kube.objects if key[1] == "Job") == 1
 
 
-def test_a_child_without_a_controller_is_adopted(kube, make_operator):
+def planted(kind: str, name: str, **meta: Any) -> dict[str, Any]:
+    api = "v1"
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NS, **meta},
+        "data": {"x": "1"},
+    }
+
+
+def ours(uid: str) -> dict[str, Any]:
+    """The labels and annotation the operator puts on a child it made for AxolotlJob `uid`."""
+    labels = {"axolotl.ai/job": NAME, "app.kubernetes.io/managed-by": "axolotl-operator"}
+    return {"labels": labels, "annotations": {"axolotl.ai/owner-uid": uid}}
+
+
+@pytest.mark.parametrize("kind, name", [("ConfigMap", "demo-config"), ("PersistentVolumeClaim", "demo-data")])
+def test_an_object_planted_under_a_childs_name_is_never_taken_over(kube, make_operator, kind, name):
     operator = make_operator()
-    kube.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo-config", "namespace": NS}})
+    # Even with our labels: only the annotation with this AxolotlJob's uid (or our owner reference) proves it.
+    before = kube.put(planted(kind, name, labels=ours("someone-else")["labels"]))
     axj = stored_axj(kube)
+    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+        operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    assert kube.find("v1", kind, NS, name) == before  # not adopted, not patched
+    assert kube.find("batch/v1", "Job", NS, NAME) is None  # no pod would mount it
+    status = status_of(kube)
+    assert (status["phase"], status["reason"]) == ("Pending", "ChildNameConflict")
+    assert f"{kind} {name}" in status["message"]
+    if kind == "PersistentVolumeClaim":
+        assert "spec.storage.existingClaim: demo-data" in status["message"]
+    assert ("demo", "Warning", "ChildNameConflict") in kube.events
+    # The user removes it: the next reconcile creates the child and the job goes on.
+    kube.delete("v1", kind, NS, name)
+    operator.reconcile(kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME), NS, NAME)
+    settle(operator)
+    assert status_of(kube)["reason"] == "Starting"
+
+
+def test_a_child_made_for_this_job_that_lost_its_owner_reference_is_adopted(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    kube.put(planted("ConfigMap", "demo-config", **ours(axj["metadata"]["uid"])))
     operator.reconcile(axj, NS, NAME)
     refs = kube.find("v1", "ConfigMap", NS, "demo-config")["metadata"]["ownerReferences"]
     assert [(r["uid"], r["controller"]) for r in refs] == [(axj["metadata"]["uid"], True)]
+
+
+def test_a_child_the_api_server_refuses_fails_the_job_without_retrying(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    kube.fail("create", 422)
+    with pytest.raises(kopf.PermanentError, match="refused"):
+        operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    status = status_of(kube)
+    assert (status["phase"], status["reason"]) == ("Failed", "CreateRejected")
+    assert "injected 422" in status["message"]
 
 
 def test_a_job_of_a_deleted_namesake_is_waited_out(kube, make_operator):
@@ -194,6 +246,32 @@ def test_progress_is_written_by_its_own_manager_at_most_once_per_interval(kube, 
     assert status_of(kube)["progress"]["etaSeconds"] == 0
     assert status_of(kube)["phase"] == "Pending"  # progress leaves the operator's fields alone
     assert {manager for _, manager, _ in kube.applies} == {STATUS_FIELD_MANAGER, PROGRESS_FIELD_MANAGER}
+
+
+def offer_and_sync(kube: FakeKube, operator: Operator, report: Any) -> None:
+    """Hand one report to the operator and wait for the status sync it triggers to finish."""
+    reads = kube.calls.count("get_axolotljob")
+    operator.accept_progress(report)
+    wait_until(
+        lambda: kube.calls.count("get_axolotljob") > reads and not operator.queue._processing, "the sync"
+    )
+
+
+def test_a_flood_of_final_reports_gives_at_most_two_progress_writes(kube, make_operator):
+    """A final report skips the wait at most once per interval; more finals (a broken or hostile sender)
+    wait for the window like any report, and the newest of them is written when it opens."""
+    operator = make_operator()
+    operator.writer.progress_interval = 3600
+    axj = stored_axj(kube)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    for step in range(1, 51):
+        offer_and_sync(kube, operator, report(step, final=True, second=step))
+    assert progress_writes(kube) == [1, 2]  # the first report, then one final at once; 48 wait
+    operator.writer.progress_interval = 0  # the window opens
+    operator.enqueue(NS, NAME)
+    settle(operator)
+    assert progress_writes(kube) == [1, 2, 50]
 
 
 def test_a_report_after_the_job_finished_is_dropped(kube, make_operator):

@@ -6,7 +6,8 @@ import argparse
 
 import kopf
 from axolotl_operator.manager import FINALIZER, configure_kopf, settings_from_args
-from axolotl_operator.render import controlled_by, job_updates
+from axolotl_operator.ownership import controlled_by
+from axolotl_operator.render import job_updates
 
 
 def job(finished: bool = False, **spec):

@@ -58,6 +58,7 @@ class Reason(StrEnum):
     IMAGE_PULL_FAILED = "ImagePullFailed"
     CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
     CONTAINER_ERROR = "ContainerError"
+    CHILD_NAME_CONFLICT = "ChildNameConflict"  # an object the operator did not make has a child's name
     # Running / Suspended / Succeeded
     TRAINING = "Training"
     SUSPENDED = "Suspended"
@@ -65,6 +66,7 @@ class Reason(StrEnum):
     # Failed
     INVALID_SPEC = "InvalidSpec"
     INVALID_CONFIG = "InvalidConfig"
+    CREATE_REJECTED = "CreateRejected"  # the API server refused a child (its message says which field)
     OOM_KILLED = "OOMKilled"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
@@ -87,6 +89,7 @@ PROBLEM_REASONS = frozenset(
         Reason.IMAGE_PULL_FAILED,
         Reason.CREATE_CONTAINER_CONFIG_ERROR,
         Reason.CONTAINER_ERROR,
+        Reason.CHILD_NAME_CONFLICT,
     }
 )
 

@@ -64,17 +64,24 @@ class StatusResult:
 
 
 def compute_status(
-    axj: Obj, job: Obj | None, pods: Sequence[Obj], facts: JobFacts, now: str, foreign_job: Obj | None = None
+    axj: Obj,
+    job: Obj | None,
+    pods: Sequence[Obj],
+    facts: JobFacts,
+    now: str,
+    foreign_job: Obj | None = None,
+    blocker: tuple[Reason, str] | None = None,
 ) -> StatusResult:
     """The new status of the AxolotlJob and the transitions to announce as Events.
 
     `foreign_job`: a Job with the job's name that another (deleted) AxolotlJob still controls.
+    `blocker`: why the last reconcile could not create the children (a name conflict, a refused create).
     """
     previous: Obj = axj.get("status") or {}
     meta = axj.get("metadata") or {}
     generation = meta.get("generation")
     names = Names.of(meta.get("name", ""))
-    obs = observe(previous, Observed(job, pods, foreign_job), facts)
+    obs = observe(previous, Observed(job, pods, foreign_job), facts, blocker)
     status = AxolotlJobStatus(
         phase=obs.phase,
         reason=obs.reason,

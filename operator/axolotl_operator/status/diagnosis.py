@@ -168,8 +168,8 @@ def job_failure(observed: Observed, failure: Obj, facts: JobFacts) -> Observatio
             Phase.FAILED,
             Reason.DEADLINE_EXCEEDED,
             f"the job ran longer than activeDeadlineSeconds ({limit} s) and was stopped. Raise "
-            "spec.activeDeadlineSeconds; a new job with the same name and volume resumes from the last "
-            "checkpoint",
+            "spec.activeDeadlineSeconds; a new job with spec.storage.existingClaim set to this job's claim "
+            "resumes from the last checkpoint",
             summary,
         )
     if last_reason == Reason.INVALID_CONFIG:

@@ -21,6 +21,7 @@ class Inputs:
     previous: Obj  # the status as stored
     observed: Observed
     facts: JobFacts
+    blocker: tuple[Reason, str] | None = None  # why the last reconcile stopped
 
 
 Rule = Callable[[Inputs], Observation | None]
@@ -39,6 +40,16 @@ def _finished_and_job_deleted(i: Inputs) -> Observation | None:
         return None
     reason = i.previous.get("reason") or (Reason.SUCCEEDED if phase == Phase.SUCCEEDED else Reason.JOB_FAILED)
     return Observation(Phase(phase), _reason(reason), i.previous.get("message") or "")
+
+
+def _blocked(i: Inputs) -> Observation | None:
+    """The last reconcile stopped: a foreign object has a child's name (the user must act; Pending),
+    or the API server refused a child (the spec must change; Failed)."""
+    if i.blocker is None:
+        return None
+    reason, message = i.blocker
+    failed = reason in (Reason.CREATE_REJECTED, Reason.INVALID_SPEC)
+    return Observation(Phase.FAILED if failed else Phase.PENDING, reason, message)
 
 
 def _foreign_job(i: Inputs) -> Observation | None:
@@ -140,6 +151,7 @@ def _waiting_for_pod(i: Inputs) -> Observation:
 RULES: tuple[tuple[str, Rule], ...] = (
     ("invalid spec", _invalid_spec),
     ("finished, Job deleted", _finished_and_job_deleted),
+    ("reconcile blocked", _blocked),
     ("foreign Job", _foreign_job),
     ("no Job yet", _no_job_yet),
     ("Job complete", _complete),
@@ -152,9 +164,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
 )
 
 
-def observe(previous: Obj, observed: Observed, facts: JobFacts) -> Observation:
+def observe(
+    previous: Obj, observed: Observed, facts: JobFacts, blocker: tuple[Reason, str] | None = None
+) -> Observation:
     """The phase, reason and message: the first rule that applies, else waiting for the pod."""
-    inputs = Inputs(previous, observed, facts)
+    inputs = Inputs(previous, observed, facts, blocker)
     for _, rule in RULES:
         found = rule(inputs)
         if found is not None:

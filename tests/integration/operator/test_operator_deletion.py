@@ -94,10 +94,19 @@ def test_recreated_job_waits_for_the_old_children_then_runs(op, namespace):
         what="the old Job marked for deletion by the garbage collector",
     )
     apply_yaml(make_axj("again"), namespace)
-    waiting = (
-        f"[{namespace}/again] Handler 'reconcile' failed temporarily: Job again belongs to AxolotlJob again"
+    # The old job's claim stays (its data outlives the job) but was made for the old uid: it is not
+    # taken over by name. The status says how to train on it.
+    conflict = wait_phase(namespace, "again", "Pending", "ChildNameConflict")["status"]
+    assert "PersistentVolumeClaim again-data" in conflict["message"]
+    assert "spec.storage.existingClaim: again-data" in conflict["message"]
+    kubectl(
+        "patch", "axj", "again", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"storage":{"existingClaim":"again-data"}}}',
     )
-    wait_for(lambda: waiting in op.log(), timeout=30, what="the reconcile waiting for the old Job")
+    waiting = (
+        f"[{namespace}/again] Handler 'reconcile' failed temporarily: Job again (controlled by AxolotlJob"
+    )
+    wait_for(lambda: waiting in op.log(), timeout=60, what="the reconcile waiting for the old Job")
     waiting_status = wait_phase(namespace, "again", "Pending", "WaitingForCleanup")["status"]
     assert first["metadata"]["uid"] in waiting_status["message"]
     kubectl(

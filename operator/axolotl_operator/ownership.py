@@ -1,0 +1,71 @@
+"""Whose is an object that already has a child's name? Pure: decides before the operator touches it.
+
+Why: a name is not proof. Anyone who can create ConfigMaps, Jobs or claims in the namespace could plant
+`<job>-config` or `<job>-data` before the job exists; adopting it would let the victim's pod train on the
+planted config with the victim's tokens, and deleting the job would delete the planted object. So the
+operator adopts only what it provably made for this AxolotlJob (its controller reference, or its labels
+plus the annotation carrying this AxolotlJob's uid), waits for what a deleted AxolotlJob of the same name
+still controls (the garbage collector removes it), and leaves everything else alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from .api.job import API_VERSION, KIND
+from .constants import COMPONENT, JOB_LABEL, OWNER_UID_ANNOTATION
+
+
+class Ownership(Enum):
+    OURS = "ours"  # controlled by this AxolotlJob (or, for the claim, made for it)
+    ADOPT = "adopt"  # made for this AxolotlJob but lost its owner reference: add it back
+    NAMESAKE = "namesake"  # controlled by a deleted AxolotlJob of the same name: wait for the GC
+    FOREIGN = "foreign"  # anything else: never touched
+
+
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    controller = controller_of(obj)
+    return controller is not None and controller.get("uid") == uid
+
+
+def made_for(obj: Mapping[str, Any], job_name: str, uid: str) -> bool:
+    """Carries the labels and the owner-uid annotation the operator puts on this AxolotlJob's children."""
+    meta = obj.get("metadata") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return (
+        labels.get(JOB_LABEL) == job_name
+        and labels.get("app.kubernetes.io/managed-by") == COMPONENT
+        and annotations.get(OWNER_UID_ANNOTATION) == uid
+    )
+
+
+def ownership(existing: Mapping[str, Any], job_name: str, uid: str) -> Ownership:
+    """How the operator may treat `existing`, found where AxolotlJob `job_name` (uid) wants a child."""
+    controller = controller_of(existing)
+    if controller is None:
+        return Ownership.ADOPT if made_for(existing, job_name, uid) else Ownership.FOREIGN
+    if controller.get("uid") == uid:
+        return Ownership.OURS
+    if (controller.get("apiVersion"), controller.get("kind"), controller.get("name")) == (
+        API_VERSION,
+        KIND,
+        job_name,
+    ):
+        return Ownership.NAMESAKE
+    return Ownership.FOREIGN
+
+
+def describe(obj: Mapping[str, Any]) -> str:
+    """`ConfigMap demo-config (controlled by Deployment web)` for a conflict message."""
+    meta = obj.get("metadata") or {}
+    controller = controller_of(obj)
+    by = f"controlled by {controller.get('kind')} {controller.get('name')}" if controller else "not made by"
+    by += "" if controller else " this AxolotlJob"
+    return f"{obj.get('kind')} {meta.get('name')} ({by})"
