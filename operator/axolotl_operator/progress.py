@@ -3,7 +3,29 @@
 Why pure: what the operator accepts from a pod (and from whom) is a security decision; it is unit-tested
 here without a cluster, and the HTTP shell (`progress_server`) only fetches the inputs (TokenReview, pod,
 Job, AxolotlJob) and hands on the result. The payload is the trainer contract's `ProgressReport`
-(camelCase); parsing is tolerant (a bad optional number is dropped) but bounded (size, names, numbers).
+(camelCase); parsing is tolerant (a bad optional number is dropped) but bounded (size, names, numbers,
+and any input the JSON decoder chokes on, e.g. nesting too deep, is a `PayloadError`, never a crash).
+
+Who may report (`authorize`): a ServiceAccount token for the operator's audience, bound to a pod
+(TokenReview's pod-name and pod-uid), whose pod has every mark the Job controller gives the pods it
+makes for this AxolotlJob's Job: same namespace and uid, not finished, the ServiceAccount of the Job's
+pod template, every label of that template (the API server adds `batch.kubernetes.io/controller-uid=
+<Job uid>` to it, and that label is required by itself too), the `batch.kubernetes.io/job-tracking`
+finalizer, a controller reference to the Job, and the Job controlled by the AxolotlJob.
+
+What that cannot prove, and why it is accepted: nothing on a pod says who created it, so none of these
+marks is unforgeable. Whoever creates a pod writes its labels, finalizers (any name) and ownerReferences
+(`controller` and `blockOwnerDeletion` included; only the OwnerReferencesPermissionEnforcement admission
+plugin, off by default, asks for update on `jobs/finalizers` for the latter), and the Job's uid is
+readable. Simpler still, the Job controller adopts an ownerless pod that carries the Job's selector
+(`batch.kubernetes.io/controller-uid`) and adds the controller reference (with blockOwnerDeletion) and the
+tracking finalizer itself. Without any pod, a user with the built-in `edit` role can `kubectl exec` into
+the trainer and read its token, or mint one bound to the trainer pod (`create serviceaccounts/token`).
+So a namespace user who can create pods can post reports for the AxolotlJobs of that namespace. That is
+the namespace's trust boundary: such a user already runs any code as any ServiceAccount of the namespace
+with its Secrets, and can edit or delete the AxolotlJob itself; a forged report changes only the numbers
+in `status.progress` (never phase, conditions or outputs, and nothing once the job finished). Nobody
+outside the namespace, and no other pod of it, gets through.
 """
 
 from __future__ import annotations
@@ -17,14 +39,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .api.status import TERMINAL_PHASES
-from .constants import JOB_LABEL
-from .render import controlled_by
+from .constants import CONTROLLER_UID_LABEL, JOB_LABEL
+from .ownership import controlled_by
 from .trainer_contract import PROGRESS_MAX_BODY_BYTES as MAX_BODY_BYTES
 
 MAX_INT = 10**15  # steps beyond this are a broken sender, not a training run
 SA_USER_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+JOB_TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"  # the Job controller puts it on its pods
+FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -118,8 +142,11 @@ def parse_report(body: bytes | str, now: datetime) -> Report:
         raise PayloadError(f"body over {MAX_BODY_BYTES} bytes")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"not JSON: {exc}") from None
+    except RecursionError:  # [[[[...: the decoder recurses per level; 16 KiB is deep enough
+        raise PayloadError("not JSON: nested too deeply") from None
+    except Exception as exc:  # whatever the decoder raises on hostile input is a bad body, not a 500
+        why = str(exc).partition("\n")[0][:200]
+        raise PayloadError(f"not JSON: {why}") from None
     if not isinstance(data, dict):
         raise PayloadError("not a JSON object")
     name, namespace = data.get("jobName"), data.get("jobNamespace")
@@ -252,10 +279,9 @@ def authorize(
     job: Mapping[str, Any] | None,
     axj: Mapping[str, Any] | None,
 ) -> None:
-    """Raise Denied(403) unless the token is bound to a live pod of this AxolotlJob: the pod is in the
-    report's namespace, runs as the token's ServiceAccount, carries `axolotl.ai/job=<jobName>` and is
-    controlled by the Job that the AxolotlJob controls. A token of any other pod (another job's, or any
-    pod of the namespace) cannot move this job's status."""
+    """Raise Denied(403) unless the token is bound to a live pod with every mark of this AxolotlJob's
+    Job's pods (see the module docstring for the marks, and for what a namespace user can still forge).
+    A token of any other pod (another job's, or any pod of the namespace) cannot move this job's status."""
     check_identity(identity, report)
     if pod is None:
         raise Denied(403, "the token's pod does not exist")
@@ -264,16 +290,52 @@ def authorize(
         raise Denied(403, "the token's pod is not in the job's namespace")
     if identity.pod_uid is not None and meta.get("uid") != identity.pod_uid:
         raise Denied(403, "the token's pod was replaced")
-    if ((pod.get("spec") or {}).get("serviceAccountName") or "default") != identity.service_account:
+    if (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES:
+        raise Denied(403, "the token's pod has finished")
+    account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    if account != identity.service_account:
         raise Denied(403, "the pod runs as another ServiceAccount")
-    if (meta.get("labels") or {}).get(JOB_LABEL) != report.job_name:
+    labels = meta.get("labels") or {}
+    if labels.get(JOB_LABEL) != report.job_name:
         raise Denied(403, f"the pod is not labelled {JOB_LABEL}={report.job_name}")
     if axj is None or _meta(axj).get("name") != report.job_name:
         raise Denied(403, "no such AxolotlJob")
     if job is None or not controlled_by(job, str(_meta(axj).get("uid") or "")):
         raise Denied(403, "the AxolotlJob has no training Job")
-    if not controlled_by(pod, str(_meta(job).get("uid") or "")):
+    job_uid = str(_meta(job).get("uid") or "")
+    if not controlled_by(pod, job_uid):
         raise Denied(403, "the pod is not controlled by the AxolotlJob's Job")
+    if not job_uid or labels.get(CONTROLLER_UID_LABEL) != job_uid:
+        raise Denied(403, f"the pod is not labelled {CONTROLLER_UID_LABEL}=<the Job's uid>")
+    template = (job.get("spec") or {}).get("template") or {}
+    missing = sorted(k for k, v in (_meta(template).get("labels") or {}).items() if labels.get(k) != v)
+    if missing:
+        raise Denied(403, f"the pod lacks the Job's pod template label {missing[0]}")
+    if account != ((template.get("spec") or {}).get("serviceAccountName") or "default"):
+        raise Denied(403, "the pod runs as another ServiceAccount than the Job's pod template")
+    if JOB_TRACKING_FINALIZER not in (meta.get("finalizers") or []):
+        raise Denied(403, f"the pod lacks the Job controller's finalizer {JOB_TRACKING_FINALIZER}")
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A token bucket's state: `tokens` left at (monotonic) time `at`."""
+
+    tokens: float
+    at: float
+
+
+def take(bucket: Bucket | None, now: float, rate: float, burst: float) -> tuple[Bucket, float]:
+    """One request against a token bucket refilled at `rate` per second up to `burst` (a new sender
+    starts full): the bucket after it, and 0 if the request may pass, else the seconds until one may
+    (the Retry-After). A refused request takes nothing, so waiting that long is enough."""
+    tokens = burst if bucket is None else min(burst, bucket.tokens + max(0.0, now - bucket.at) * rate)
+    if tokens >= 1:
+        return Bucket(tokens - 1, now), 0.0
+    return Bucket(tokens, now), (1 - tokens) / rate
 
 
 def bearer_token(header: str | None) -> str | None:

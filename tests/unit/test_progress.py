@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 import threading
 import urllib.error
@@ -20,6 +21,7 @@ from axolotl_operator.api.status import PROGRESS_KEYS, Progress
 from axolotl_operator.kube import ApiError
 from axolotl_operator.progress import (
     MAX_BODY_BYTES,
+    Bucket,
     Denied,
     Identity,
     PayloadError,
@@ -30,9 +32,10 @@ from axolotl_operator.progress import (
     is_newer,
     newest,
     parse_report,
+    take,
     to_progress,
 )
-from axolotl_operator.progress_server import ProgressServer
+from axolotl_operator.progress_server import Expiring, Limit, ProgressServer, RateLimiter
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
 AUDIENCE = "axolotl-operator"
@@ -118,6 +121,24 @@ def test_the_contracts_own_encoder_is_accepted():
 )
 def test_bad_payloads_are_refused_with_the_reason(body, why):
     with pytest.raises(PayloadError, match=why):
+        parse_report(body, NOW)
+
+
+def nested(depth: int, inside: bytes = b"1") -> bytes:
+    return b"[" * depth + inside + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        nested(8000),  # the deepest that fits in 16 KiB: json.loads raises RecursionError
+        b'{"jobName": "demo", "deep": ' + nested(8000) + b"}",
+        b'{"a":' * 2500 + b"1" + b"}" * 2500,
+    ],
+)
+def test_a_deeply_nested_body_is_a_payload_error_not_a_crash(body):
+    assert len(body) <= MAX_BODY_BYTES
+    with pytest.raises(PayloadError, match="nested too deeply"):
         parse_report(body, NOW)
 
 
@@ -225,25 +246,40 @@ def review(
 
 
 def objects(job_name: str = "demo", namespace: str = "ml") -> dict[str, dict[str, Any]]:
-    """An AxolotlJob, its Job and one of the Job's pods, linked by controller references."""
+    """An AxolotlJob, its Job and one of the Job's pods as a cluster has them: linked by controller
+    references; the Job's pod template labels as the API server defaults them; the pod as the Job
+    controller creates it (those labels, the tracking finalizer, the template's ServiceAccount)."""
     axj = {"metadata": {"name": job_name, "namespace": namespace, "uid": "axj-uid", "resourceVersion": "1"}}
+    template_labels = {
+        "axolotl.ai/job": job_name,
+        "app.kubernetes.io/component": "training",
+        "batch.kubernetes.io/controller-uid": "job-uid",
+        "batch.kubernetes.io/job-name": job_name,
+        "controller-uid": "job-uid",
+        "job-name": job_name,
+    }
     job = {
         "metadata": {
             "name": job_name,
             "namespace": namespace,
             "uid": "job-uid",
             "ownerReferences": [{"kind": "AxolotlJob", "uid": "axj-uid", "controller": True}],
-        }
+        },
+        "spec": {"template": {"metadata": {"labels": dict(template_labels)}, "spec": {}}},
     }
     pod = {
         "metadata": {
             "name": "demo-0-abcde",
             "namespace": namespace,
             "uid": "pod-uid",
-            "labels": {"axolotl.ai/job": job_name},
-            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
+            "labels": {**template_labels, "extra": "added-by-a-webhook"},
+            "finalizers": ["batch.kubernetes.io/job-tracking"],
+            "ownerReferences": [
+                {"kind": "Job", "uid": "job-uid", "controller": True, "blockOwnerDeletion": True}
+            ],
         },
         "spec": {"serviceAccountName": "default"},
+        "status": {"phase": "Running"},
     }
     return {"axj": axj, "job": job, "pod": pod}
 
@@ -274,6 +310,11 @@ def test_no_identity_is_401(result):
 def test_the_jobs_own_pod_may_report():
     linked = objects()
     authorize(identity_of(review(), AUDIENCE), report(), linked["pod"], linked["job"], linked["axj"])
+    # the ServiceAccount the Job's template names (not only "default")
+    for obj in (linked["pod"], linked["job"]["spec"]["template"]):
+        obj["spec"]["serviceAccountName"] = "trainer"
+    trainer = identity_of(review(username="system:serviceaccount:ml:trainer"), AUDIENCE)
+    authorize(trainer, report(), linked["pod"], linked["job"], linked["axj"])
 
 
 def _mutate(linked: dict[str, dict[str, Any]], what: str) -> None:
@@ -290,6 +331,17 @@ def _mutate(linked: dict[str, dict[str, Any]], what: str) -> None:
         job["metadata"]["ownerReferences"][0]["controller"] = False
     elif what == "other ServiceAccount":
         pod["spec"]["serviceAccountName"] = "trainer"
+    elif what == "pod without the Job's controller-uid label":
+        del pod["metadata"]["labels"]["batch.kubernetes.io/controller-uid"]
+        job["spec"]["template"]["metadata"]["labels"].pop("batch.kubernetes.io/controller-uid")
+    elif what == "pod with another Job's controller-uid label":
+        pod["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "other-job-uid"
+    elif what == "pod without a label of the Job's pod template":
+        del pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    elif what == "pod without the Job controller's tracking finalizer":
+        del pod["metadata"]["finalizers"]
+    elif what == "finished pod":
+        pod["status"]["phase"] = "Succeeded"
     elif what == "replaced pod":
         pod["metadata"]["uid"] = "new-uid"
     elif what == "pod in another namespace":
@@ -311,6 +363,11 @@ def _mutate(linked: dict[str, dict[str, Any]], what: str) -> None:
         "Job not controlled by the AxolotlJob",
         "Job owned but not controlled",
         "other ServiceAccount",
+        "pod without the Job's controller-uid label",
+        "pod with another Job's controller-uid label",
+        "pod without a label of the Job's pod template",
+        "pod without the Job controller's tracking finalizer",
+        "finished pod",
         "replaced pod",
         "pod in another namespace",
         "no pod",
@@ -323,6 +380,17 @@ def test_anything_but_the_jobs_own_pod_is_403(what):
     _mutate(linked, what)
     with pytest.raises(Denied) as denied:
         authorize(identity_of(review(), AUDIENCE), report(), linked["pod"], linked["job"], linked["axj"])
+    assert denied.value.status == 403
+
+
+def test_a_pod_running_as_another_service_account_than_the_jobs_template_is_403():
+    """A pod of the namespace running as (and with a token of) a ServiceAccount the Job does not use,
+    otherwise dressed as the Job's pod."""
+    linked = objects()
+    linked["pod"]["spec"]["serviceAccountName"] = "builder"
+    builder = identity_of(review(username="system:serviceaccount:ml:builder"), AUDIENCE)
+    with pytest.raises(Denied, match="ServiceAccount") as denied:
+        authorize(builder, report(), linked["pod"], linked["job"], linked["axj"])
     assert denied.value.status == 403
 
 
@@ -366,6 +434,23 @@ def test_bearer_token(header, token):
     assert bearer_token(header) == token
 
 
+# ---------------------------------------------------------------- rate limit (token bucket)
+
+
+def test_a_token_bucket_lets_a_burst_through_then_the_rate():
+    bucket, wait = take(None, 100.0, rate=4, burst=3)
+    assert (bucket, wait) == (Bucket(2, 100.0), 0)
+    bucket, _ = take(bucket, 100.0, rate=4, burst=3)
+    bucket, _ = take(bucket, 100.0, rate=4, burst=3)
+    bucket, wait = take(bucket, 100.0, rate=4, burst=3)
+    assert wait == 0.25  # empty: the next request in 1/rate s
+    bucket, wait = take(bucket, 100.125, rate=4, burst=3)
+    assert wait == 0.125  # a refused request took nothing
+    bucket, wait = take(bucket, 100.25, rate=4, burst=3)
+    assert wait == 0
+    assert take(bucket, 200.0, rate=4, burst=3)[0].tokens == 2  # refilled to the burst, never beyond
+
+
 # ---------------------------------------------------------------- the HTTP endpoint
 
 
@@ -387,6 +472,8 @@ class FakeKube:
             raise ApiError(500, "Internal Server Error", {"message": "etcd is down"})
         if token == "unreachable":
             raise ConnectionRefusedError("connection refused")
+        if token.startswith("echo"):  # a client library that puts the request into its error
+            raise ValueError(f"cannot send {{'spec': {{'token': '{token}'}}}}\nTraceback: line 2\nline 3")
         return self.reviews.get(token, {"authenticated": False})
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -400,19 +487,54 @@ class FakeKube:
             return json.loads(json.dumps(self.axj)) if (namespace, name) == ("ml", "demo") else None
 
 
+class Clock:
+    """A monotonic clock the test moves (cache lifetimes, rate limits)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def server():
-    kube = FakeKube()
-    accepted: list[Report] = []
-    srv = ProgressServer(kube, AUDIENCE, accepted.append, host="127.0.0.1", port=0)  # type: ignore[arg-type]
-    srv.start()
-    srv.fake = kube  # type: ignore[attr-defined]
-    srv.accepted = accepted  # type: ignore[attr-defined]
-    yield srv
-    srv.stop()
+def make_server():
+    made: list[ProgressServer] = []
+
+    def make(**options: Any) -> ProgressServer:
+        kube = FakeKube()
+        accepted: list[Report] = []
+        clock = Clock()
+        srv = ProgressServer(
+            kube,  # type: ignore[arg-type]
+            AUDIENCE,
+            accepted.append,
+            host="127.0.0.1",
+            port=0,
+            monotonic=clock,
+            **options,
+        )
+        srv.start()
+        made.append(srv)
+        srv.fake = kube  # type: ignore[attr-defined]
+        srv.accepted = accepted  # type: ignore[attr-defined]
+        srv.monotonic_clock = clock  # type: ignore[attr-defined]
+        return srv
+
+    yield make
+    for srv in made:
+        srv.stop()
 
 
-def post(srv: ProgressServer, body: bytes | dict, token: str | None = "good") -> tuple[int, dict]:
+@pytest.fixture
+def server(make_server):
+    return make_server()
+
+
+def send(
+    srv: ProgressServer, body: bytes | dict, token: str | None = "good"
+) -> tuple[int, dict, dict[str, str]]:
+    """POST a report: (status, JSON answer, headers)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
     if token is not None:
@@ -420,9 +542,14 @@ def post(srv: ProgressServer, body: bytes | dict, token: str | None = "good") ->
     request = urllib.request.Request(f"http://127.0.0.1:{srv.port}/progress", data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read()), dict(response.headers)
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        return error.code, json.loads(error.read() or b"{}"), dict(error.headers)
+
+
+def post(srv: ProgressServer, body: bytes | dict, token: str | None = "good") -> tuple[int, dict]:
+    code, answer, _ = send(srv, body, token)
+    return code, answer
 
 
 def fresh(**overrides: Any) -> dict[str, Any]:
@@ -464,7 +591,92 @@ def test_a_pods_token_is_reviewed_once_for_many_reports(server):
     for step in (10, 20, 30):
         assert post(server, fresh(step=step))[0] == 202
     assert [r.step for r in server.accepted] == [10, 20, 30]
-    assert server.fake.review_calls == 1  # cached per token and job
+    assert server.fake.review_calls == 1  # cached per token
+    assert post(server, fresh(jobName="other"))[0] == 403  # another job: the same identity, no review
+    assert server.fake.review_calls == 1
+    server.monotonic_clock.now += 61  # a positive review is kept a minute
+    assert post(server, fresh(step=40))[0] == 202
+    assert server.fake.review_calls == 2
+
+
+def test_a_junk_token_costs_one_token_review_per_ten_seconds(server):
+    for _ in range(5):
+        assert post(server, fresh(), token="unknown")[0] == 401
+    assert server.fake.review_calls == 1  # the refusal is cached too
+    server.monotonic_clock.now += 11
+    assert post(server, fresh(), token="unknown")[0] == 401
+    assert server.fake.review_calls == 2
+    assert post(server, fresh(), token="broken")[0] == 503  # an API error is not an answer: not cached
+    assert post(server, fresh(), token="broken")[0] == 503
+    assert server.fake.review_calls == 4
+
+
+def test_the_token_is_checked_before_the_body_is_read(server):
+    """Who sends comes first: a stranger's body is never parsed, whatever it holds."""
+    for body in (b"{nope", nested(8000), b"\xff\xfe"):
+        code, answer = post(server, body, token="unknown")
+        assert code == 401, answer
+    assert post(server, b"{nope", token=None)[0] == 401
+
+
+def test_a_deeply_nested_body_is_400_and_logs_no_traceback(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    code, answer = post(server, nested(8000))
+    assert code == 400 and "nested too deeply" in answer["message"]
+    assert post(server, b"[" * 100_000 + b"]" * 100_000)[0] == 413  # 100,000 levels are over 16 KiB
+    assert post(server, fresh())[0] == 202  # and the endpoint still works
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_requests_are_rate_limited_per_address(make_server):
+    server = make_server(per_address=Limit(rate=1, burst=3))
+    answers = [send(server, fresh(), token=None) for _ in range(4)]
+    assert [code for code, _, _ in answers] == [401, 401, 401, 429]
+    _, answer, headers = answers[-1]
+    assert headers["Retry-After"] == "1" and "too many" in answer["message"]
+    assert send(server, fresh())[0] == 429  # a good token from the same address waits too
+    server.monotonic_clock.now += 1
+    assert send(server, fresh())[0] == 202
+
+
+def test_requests_are_rate_limited_per_token(make_server):
+    server = make_server(per_token=Limit(rate=0.5, burst=2))
+    assert [post(server, fresh(step=step))[0] for step in (1, 2, 3)] == [202, 202, 429]
+    code, _, headers = send(server, fresh(step=4))
+    assert code == 429 and headers["Retry-After"] == "2"
+    assert post(server, fresh(), token="unknown")[0] == 401  # another token has its own bucket
+    assert [r.step for r in server.accepted] == [1, 2]
+    assert server.fake.review_calls == 2  # a limited request costs no TokenReview
+
+
+def test_the_caches_and_rate_limits_hold_a_bounded_number_of_entries():
+    cache: Expiring[str, int] = Expiring(size=8)
+    for index in range(40):
+        cache.put(f"token-{index}", index, expires=100.0)
+    assert len(cache) == 8  # the oldest went first
+    assert cache.get("token-0", now=50.0) is None and cache.get("token-39", now=50.0) == 39
+    assert cache.get("token-39", now=100.0) is None  # expired
+    limiter = RateLimiter(Limit(rate=1, burst=1), size=8)
+    assert [limiter.take(f"10.0.0.{index}", now=0.0) for index in range(40)] == [0.0] * 40
+    assert len(limiter) == 8
+    assert limiter.take("10.0.0.39", now=0.0) == 1.0  # the newest sources are still limited
+
+
+def test_tokens_and_bodies_are_never_logged_and_errors_take_one_line(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    secret = "echo-s3cr3t-t0ken"
+    marker = "BODY-MARKER-9f2"
+    assert post(server, fresh(), token=secret)[0] == 503
+    assert post(server, fresh(padding=marker), token="unknown")[0] == 401
+    assert post(server, b'{"jobName": "' + marker.encode() + b'"}')[0] == 400
+    assert post(server, fresh(jobName="other", padding=marker))[0] == 403
+    assert post(server, fresh(padding=marker), token="broken")[0] == 503
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages, "the refusals and errors are logged"
+    for message in messages:
+        assert secret not in message and "s3cr3t" not in message and marker not in message, message
+        assert "\n" not in message, message
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_a_busy_port_fails_the_start(server):
