@@ -88,6 +88,9 @@ func startAPIServer(ctx context.Context, cfg config, creds credentials, pki node
 	} else {
 		args = append(args, "--endpoint-reconciler-type=none")
 	}
+	// Extra flags from --apiserver-arg (hack/kubeenv: KUBEENV_APISERVER_ARGS) come last and win,
+	// e.g. --enable-priority-and-fairness=true or --watch-cache=false for the fault tests.
+	args = append(args, cfg.apiserverArgs...)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -41,6 +41,8 @@ type config struct {
 	runcPath       string
 	cniBinDir      string
 	images         stringList
+
+	apiserverArgs stringList
 }
 
 type stringList []string
@@ -87,6 +89,7 @@ func main() {
 	fs.StringVar(&cfg.runcPath, "runc", "/usr/sbin/runc", "runc binary of the real nodes")
 	fs.StringVar(&cfg.cniBinDir, "cni-bin-dir", "/usr/lib/cni", "CNI plugins (bridge, host-local, loopback)")
 	fs.Var(&cfg.images, "image", "image archive (OCI or docker-archive) imported into every real node; repeatable")
+	fs.Var(&cfg.apiserverArgs, "apiserver-arg", "an extra kube-apiserver flag (--name=value), applied after ours so it overrides them; repeatable")
 	_ = fs.Set("logtostderr", "true")
 	_ = fs.Parse(os.Args[1:])
 	if cfg.stateDir == "" {
@@ -217,7 +220,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return fmt.Errorf("cluster not ready: %w", err)
 	}
-	if err := os.WriteFile(readyFile, fmt.Appendf(nil, "pid=%d\nkubeconfig=%s\nserver=%s\n", os.Getpid(), kubeconfig, api.url), 0o600); err != nil {
+	if err := os.WriteFile(readyFile, fmt.Appendf(nil, "pid=%d\nkubeconfig=%s\nserver=%s\netcd=%s\n", os.Getpid(), kubeconfig, api.url, etcdURL), 0o600); err != nil {
 		return err
 	}
 	klog.InfoS("kubeenv ready", "kubeconfig", kubeconfig)
