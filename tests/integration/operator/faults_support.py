@@ -30,16 +30,17 @@ import ssl
 import struct
 import threading
 import urllib.request
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from operator_support import _helpers, events_of, kubectl
+from operator_support import _helpers, kubectl, kubectl_json
 
 LOOPBACK = "127.0.0.1"
+JOB_LABEL = "axolotl.ai/job"
 
 # Flags of the fault tests' own kube-apiserver (hack/kubeenv: KUBEENV_APISERVER_ARGS):
 # - APF on, so a FlowSchema can throttle the operator with the server's own 429s (the shared control
@@ -353,20 +354,34 @@ def flow_control_counts(priority_level: str) -> dict[str, float]:
 # ---------------------------------------------------------------- assertions shared by the tests
 
 
-def operator_events(namespace: str, name: str) -> Counter[str]:
-    """How many Events the operator recorded per reason on one AxolotlJob (one per transition)."""
-    return Counter(
-        e["reason"]
-        for e in events_of(namespace, name)
-        if (e.get("source") or {}).get("component") == "axolotl-operator"
-        or e.get("reportingComponent") == "axolotl-operator"
-    )
+def children_by_job(namespace: str, kind: str) -> dict[str, list[dict[str, Any]]]:
+    """The namespace's objects of ``kind`` labelled ``axolotl.ai/job``, by that label (one list call)."""
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in kubectl_json("get", kind, "-n", namespace, "-l", JOB_LABEL)["items"]:
+        grouped[item["metadata"]["labels"][JOB_LABEL]].append(item)
+    return grouped
 
 
-def assert_one_event_per_transition(namespace: str, name: str, *required: str) -> Counter[str]:
-    reasons = operator_events(namespace, name)
+def transition_events(namespace: str) -> dict[str, Counter[str]]:
+    """Per AxolotlJob of the namespace, how many Events it has per reason (only the operator records
+    Events on AxolotlJobs; an Event's own ``count`` is counted too, so a repeat folded into one Event
+    still shows)."""
+    items = kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.kind=AxolotlJob"
+    )["items"]
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for event in items:
+        counts[event["involvedObject"]["name"]][event["reason"]] += int(event.get("count") or 1)
+    return counts
+
+
+def assert_one_event_per_transition(
+    events: dict[str, Counter[str]], name: str, *required: str
+) -> Counter[str]:
+    """No transition announced twice; each ``required`` reason announced exactly once."""
+    reasons = events.get(name, Counter())
     duplicated = {reason: n for reason, n in reasons.items() if n > 1}
-    assert not duplicated, f"{namespace}/{name}: duplicate transition Events {duplicated} (all: {reasons})"
+    assert not duplicated, f"{name}: duplicate transition Events {duplicated} (all: {dict(reasons)})"
     missing = [r for r in required if reasons[r] != 1]
-    assert not missing, f"{namespace}/{name}: no {missing} Event (all: {dict(reasons)})"
+    assert not missing, f"{name}: no {missing} Event (all: {dict(reasons)})"
     return reasons

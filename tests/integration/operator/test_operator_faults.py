@@ -34,15 +34,16 @@ from faults_support import (
     TcpProxy,
     assert_one_event_per_transition,
     ca_pem,
+    children_by_job,
     faults_control_plane,
     flow_control_counts,
     kubeconfig_for,
     metric_samples,
-    operator_events,
     raw_watch,
     ready_info,
     response_headers,
     server_of,
+    transition_events,
     verified_peer_cert,
 )
 from operator_support import (
@@ -160,12 +161,13 @@ def job_complete(namespace: str, name: str) -> bool:
 
 
 def assert_one_job_each(namespace: str, items: list[dict[str, Any]]) -> None:
+    """Each AxolotlJob has one Job it controls, one pod and attempts 1."""
+    jobs, pods = children_by_job(namespace, "jobs"), children_by_job(namespace, "pods")
     for item in items:
         name, uid = item["metadata"]["name"], item["metadata"]["uid"]
-        jobs = children(namespace, name, "jobs")
-        assert len(jobs) == 1, f"{name}: {len(jobs)} Jobs"
-        assert jobs[0]["metadata"]["ownerReferences"][0]["uid"] == uid
-        assert len(pods_of(namespace, name)) == 1, f"{name}: more than one training pod"
+        assert len(jobs[name]) == 1, f"{name}: {len(jobs[name])} Jobs"
+        assert jobs[name][0]["metadata"]["ownerReferences"][0]["uid"] == uid
+        assert len(pods[name]) == 1, f"{name}: {len(pods[name])} training pods"
         assert item["status"]["attempts"] == 1, f"{name}: {item['status']}"
 
 
@@ -222,7 +224,7 @@ def test_api_unreachable_for_30s_while_the_pod_completes(
     assert [j["metadata"]["uid"] for j in jobs] == [job["metadata"]["uid"]], "the Job was replaced"
     assert obj["status"]["attempts"] == 1
     assert len(pods_of(namespace, "cut")) == 1
-    assert_one_event_per_transition(namespace, "cut", "Training", "Succeeded")
+    assert_one_event_per_transition(transition_events(namespace), "cut", "Training", "Succeeded")
     assert op.running(), f"the operator died:\n{op.log()[-3000:]}"
 
 
@@ -264,13 +266,14 @@ def test_sigkill_while_twenty_pods_complete_then_restart(namespace, operators):
     )
     report(f"test 2: all {COUNT} Succeeded {time.monotonic() - started:.1f} s after the restart")
     assert_one_job_each(namespace, items)
+    events = transition_events(namespace)
     for item in items:
         name = item["metadata"]["name"]
         # Finished after the kill: the restarted operator records the transition exactly once. Finished
         # before: at most once (a kill between the status write and the Event loses the Event).
         required = () if name in before else ("Succeeded",)
-        assert_one_event_per_transition(namespace, name, *required)
-    lost = sorted(n for n in before if operator_events(namespace, n)["Succeeded"] == 0)
+        assert_one_event_per_transition(events, name, *required)
+    lost = sorted(n for n in before if events[n]["Succeeded"] == 0)
     report(f"test 2: Succeeded before the kill: {len(before)}; of them without a Succeeded Event: {lost}")
 
 
@@ -411,14 +414,16 @@ def test_flow_control_rejects_the_operator_and_every_job_converges(
             f"{stuck}\nphases {dict(phases(namespace))}; operator log tail:\n{op.log()[-3000:]}"
         )
         assert_one_job_each(namespace, items)
+        events = transition_events(namespace)
         for item in items:
-            assert_one_event_per_transition(namespace, item["metadata"]["name"], "Succeeded")
+            assert_one_event_per_transition(events, item["metadata"]["name"], "Succeeded")
         assert "forbidden" not in op.log().lower(), "the chart's RBAC is not enough"
     finally:
         if op is not None and op.running():
             op.stop()  # before its RBAC goes
         for obj in reversed(cluster_scoped):
             kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", check=False)
+        kubectl("delete", "serviceaccount", account, "-n", namespace, "--ignore-not-found", check=False)
     assert not kubectl("get", "flowschema", level, "--ignore-not-found", "-o", "name")
 
 
@@ -526,9 +531,12 @@ def test_compaction_gone_watch_relists_and_statuses_are_right(
         line = f"Restarting the watch-stream for {resource} cluster-wide."
         assert line in log, f"no relist of {resource} after the 410 (expected Kopf's '{line}')"
 
-    for name, obj in done.items():
-        status = obj["status"]
-        assert status["attempts"] == 1, f"{name}: {status}"
+    final = [get_axj(namespace, name) for name in done]
+    assert_one_job_each(namespace, final)
+    jobs, events = children_by_job(namespace, "jobs"), transition_events(namespace)
+    for obj in final:
+        name, status = obj["metadata"]["name"], obj["status"]
+        assert status["phase"] == "Succeeded", f"{name}: {status}"
         assert status["progress"] == {
             "step": 500,
             "totalSteps": 500,
@@ -539,11 +547,10 @@ def test_compaction_gone_watch_relists_and_statuses_are_right(
         }, f"{name}: stale progress {status['progress']}"
         assert "500/500 steps" in status["message"], status["message"]
         assert next(c for c in status["conditions"] if c["type"] == "Running")["status"] == "False"
-        (job,) = children(namespace, name, "jobs")
         if name in job_uids:
-            assert job["metadata"]["uid"] == job_uids[name], f"{name}: the Job was replaced"
+            assert jobs[name][0]["metadata"]["uid"] == job_uids[name], f"{name}: the Job was replaced"
         assert_one_event_per_transition(
-            namespace, name, "Succeeded", *(("Training",) if name in job_uids else ())
+            events, name, "Succeeded", *(("Training",) if name in job_uids else ())
         )
     assert not kubectl("get", "axolotljob", gone, "-n", namespace, "--ignore-not-found", "-o", "name")
     assert op.running(), f"the operator died:\n{op.log()[-3000:]}"
