@@ -275,6 +275,13 @@ def _reset(sock: socket.socket) -> None:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
 
 
+def http_get(url: str) -> str:
+    """GET a loopback URL (e.g. the operator's /metrics), never through a proxy from the environment."""
+    assert urlsplit(url).hostname == LOOPBACK, url
+    with _DIRECT.open(url, timeout=10) as response:
+        return response.read().decode()
+
+
 class Etcd:
     """The embedded etcd's v3 JSON gateway (http on 127.0.0.1; no auth: test state)."""
 

@@ -37,6 +37,7 @@ from faults_support import (
     children_by_job,
     faults_control_plane,
     flow_control_counts,
+    http_get,
     kubeconfig_for,
     metric_samples,
     raw_watch,
@@ -439,7 +440,9 @@ WATCHED = {  # what the operator watches, as Kopf asks for it (cluster-wide; Kop
 def operator_phase_gauge(op: OperatorProcess) -> dict[str, float]:
     return {
         labels["phase"]: value
-        for labels, value in metric_samples(op.metrics(), "axolotl_operator_jobs")
+        for labels, value in metric_samples(
+            http_get(f"http://{LOOPBACK}:{op.metrics_port}/metrics"), "axolotl_operator_jobs"
+        )
         if value
     }
 
