@@ -48,13 +48,15 @@ class Operator:
         *,
         workers: int = STATUS_WORKERS,
         resync_seconds: float = RESYNC_SECONDS,
+        namespaces: tuple[str, ...] = (),
         retry_base_delay: float = 0.5,
         retry_max_delay: float = 60.0,
     ) -> None:
         self.settings = settings
         self.kube = kube
         self.resync_seconds = resync_seconds
-        self.writer = StatusWriter(kube, self.facts, self.blocker)
+        self.namespaces = namespaces  # watched namespaces; empty: the whole cluster
+        self.writer = StatusWriter(kube, self.facts, self.blocker, self._gone)
         self.queue = WorkQueue(
             self.writer.sync,  # type: ignore[arg-type]
             workers=workers,
@@ -71,7 +73,7 @@ class Operator:
     def start(self) -> Operator:
         self.queue.start()
         if self.resync_seconds > 0:
-            self.queue.every(self.resync_seconds, self._unfinished)
+            self.queue.every(self.resync_seconds, self._resync)
         return self
 
     def stop(self) -> None:
@@ -99,12 +101,29 @@ class Operator:
         """A progress report the endpoint authorized: written by the job's next status sync."""
         self.queue.add(self.writer.offer(report))
 
-    def _unfinished(self) -> Iterator[Key]:
-        """What the resync revisits: jobs not known to be finished (a finished job changes only
-        through its Job or pods, whose events still enqueue it)."""
+    def _resync(self) -> Iterator[Key]:
+        """The safety net, from one LIST: forget jobs that are gone (a relisted watch brings no DELETED
+        event), pick up jobs never seen, and revisit every job not known to be finished (a finished job
+        changes only through its Job or pods, whose events still enqueue it)."""
+        try:
+            listed = {key for ns in self.namespaces or (None,) for key in self.kube.list_axolotljob_keys(ns)}
+        except Exception as exc:  # the API server is away: revisit what is known, list next time
+            log.warning("resync: cannot list AxolotlJobs: %s", exc)
+            listed = None
         with self._guard:
-            keys = [key for key, phase in self._phases.items() if phase not in TERMINAL_PHASES]
-        yield from keys
+            known = dict(self._phases)
+        if listed is not None:
+            for key in known.keys() - listed:
+                self._gone(key)
+            for key in listed - known.keys():
+                self.seen(*key, None)
+                yield key
+        yield from (key for key, phase in known.items() if phase not in TERMINAL_PHASES)
+
+    def _gone(self, key: Key) -> None:
+        """The AxolotlJob no longer exists: drop what the operator keeps about it, metrics included."""
+        metrics.forget_job(*key)
+        self.forget(*key)
 
     def _status_failed(self, key: Any, error: BaseException, failures: int, delay: float) -> None:
         metrics.reconcile_error("status")

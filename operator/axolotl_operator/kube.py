@@ -25,6 +25,7 @@ from .constants import COMPONENT
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (a JSON body is valid YAML)
+PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 REQUEST_TIMEOUT = (10, 60)  # connect, read (seconds)
 EVENT_MESSAGE_LIMIT = 1024
 
@@ -72,6 +73,7 @@ class KubeApi(Protocol):
     def get_job(self, namespace: str, name: str) -> Obj | None: ...
     def get_pod(self, namespace: str, name: str) -> Obj | None: ...
     def list_pods(self, namespace: str, selector: str) -> list[Obj]: ...
+    def list_axolotljob_keys(self, namespace: str | None) -> list[tuple[str, str]]: ...
     def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]: ...
     def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str = ""
@@ -111,10 +113,11 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         query: Mapping[str, str] | None = None,
+        accept: str = "application/json",
     ) -> Obj:
         if query:
             path += "?" + urlencode(query)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         _, url, headers, _, _ = self.api.param_serialize(
@@ -154,6 +157,14 @@ class Kube:
 
     def get_pod(self, namespace: str, name: str) -> Obj | None:
         return self.get("v1", "Pod", namespace, name)
+
+    def list_axolotljob_keys(self, namespace: str | None) -> list[tuple[str, str]]:
+        """(namespace, name) of every AxolotlJob (in `namespace`, or cluster-wide): metadata only, so a
+        resync costs one small request whatever the configs weigh."""
+        prefix, plural = KINDS[(API_VERSION, KIND)]
+        path = f"{prefix}/namespaces/{quote(namespace)}/{plural}" if namespace else f"{prefix}/{plural}"
+        listed = self.request("GET", path, accept=PARTIAL_METADATA_LIST)
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed.get("items") or []]
 
     def token_review(self, token: str, audiences: list[str]) -> Obj:
         """Ask the API server who a bearer token belongs to (TokenReview status; the token is never

@@ -19,7 +19,7 @@ from . import (
     metrics,
 )
 from .api.job import GROUP
-from .controller import Operator
+from .controller import RESYNC_SECONDS, Operator
 from .kube import Kube
 from .progress_server import ProgressServer
 from .settings import OperatorSettings
@@ -69,7 +69,9 @@ def run_operator(args: argparse.Namespace) -> int:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
     settings = settings_from_args(args)
     kube = Kube.from_environment()
-    operator = Operator(settings, kube).start()
+    namespaces = list(getattr(args, "namespaces", None) or [])
+    resync = float(getattr(args, "resync_seconds", RESYNC_SECONDS))
+    operator = Operator(settings, kube, namespaces=tuple(namespaces), resync_seconds=resync).start()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
     progress = start_progress_server(args, settings, operator)
 
@@ -77,7 +79,6 @@ def run_operator(args: argparse.Namespace) -> int:
     def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
         configure_kopf(settings)
 
-    namespaces = list(getattr(args, "namespaces", None) or [])
     logging.getLogger("axolotl_operator").info(
         "starting: watching %s; trainer image %s; GPU resource %s",
         ", ".join(namespaces) if namespaces else "all namespaces",

@@ -24,7 +24,7 @@ from .constants import CONTROLLER_UID_LABEL, Names
 from .kube import ApiError, KubeApi, Obj, now
 from .ownership import controlled_by
 from .progress import Report, is_newer, newest, to_progress
-from .status import JobFacts, StatusResult, compute_status
+from .status import JobFacts, StatusResult, Transition, compute_status
 from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS
 
 log = logging.getLogger("axolotl_operator")
@@ -40,18 +40,21 @@ class StatusWriter:
         kube: KubeApi,
         facts: Callable[[Mapping[str, Any]], JobFacts],
         blocker: Callable[[Key], tuple[Reason, str] | None] = lambda key: None,
+        gone: Callable[[Key], None] = lambda key: None,
         progress_interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.facts = facts
         self.blocker = blocker
+        self.gone = gone  # told when the AxolotlJob no longer exists
         self.progress_interval = progress_interval
         self.clock = clock
         self._lock = threading.Lock()
         self._reports: dict[Key, Report] = {}
         self._last_progress: dict[Key, float] = {}
         self._early_final: dict[Key, float] = {}  # when a final report last skipped the wait
+        self._events: dict[Key, list[tuple[Obj, Transition]]] = {}  # Events written status owes the user
 
     # ---------------------------------------------------------------- progress reports
 
@@ -67,6 +70,7 @@ class StatusWriter:
             self._reports.pop(key, None)
             self._last_progress.pop(key, None)
             self._early_final.pop(key, None)
+            self._events.pop(key, None)
 
     # ---------------------------------------------------------------- the sync
 
@@ -76,6 +80,7 @@ class StatusWriter:
         axj = self.kube.get_axolotljob(namespace, name)
         if axj is None or axj["metadata"].get("deletionTimestamp"):
             self.forget(key)
+            self.gone(key)
             return None
         facts = self.facts(axj)
         job, pods, foreign = self._children(axj, facts)
@@ -85,6 +90,7 @@ class StatusWriter:
             self._apply(key, result.status, STATUS_FIELD_MANAGER)
             self._announce(axj, result)
             status = {k: v for k, v in status.items() if k not in OWNED_STATUS_KEYS} | result.status
+        self._post_events(key)
         if result.progress_changed(status):
             self._apply(key, {"progress": result.progress}, PROGRESS_FIELD_MANAGER)
             status["progress"] = result.progress
@@ -140,23 +146,41 @@ class StatusWriter:
     # ---------------------------------------------------------------- events
 
     def _announce(self, axj: Obj, result: StatusResult) -> None:
-        """One Event (and log line) per transition just written; an Event that cannot be recorded is
-        logged, not retried (the status already says it)."""
+        """Queue one Event (and log one line) per transition just written; `_post_events` sends them."""
         namespace, name = axj["metadata"]["namespace"], axj["metadata"]["name"]
+        owner = {key: axj.get(key) for key in ("apiVersion", "kind")} | {"metadata": dict(axj["metadata"])}
         for transition in result.transitions:
             if transition.reason != Reason.SPEC_WARNING:
                 metrics.transition(result.status["phase"], transition.reason)
             log.info("%s/%s: %s: %s", namespace, name, transition.reason, transition.message)
+        if result.transitions:
+            with self._lock:
+                self._events.setdefault((namespace, name), []).extend((owner, t) for t in result.transitions)
+
+    def _post_events(self, key: Key) -> None:
+        """Send the job's queued Events in order. One the API server refuses for good (a namespace being
+        deleted, a 4xx) is dropped with a log line; a transient failure (429, 5xx, unreachable) raises, so
+        the queue retries the job with backoff and the Events follow the status they describe."""
+        while True:
+            with self._lock:
+                pending = self._events.get(key)
+                if not pending:
+                    self._events.pop(key, None)
+                    return
+                owner, transition = pending[0]
             try:
-                self.kube.event(axj, transition.type, transition.reason, transition.message)
+                self.kube.event(owner, transition.type, transition.reason, transition.message)
             except ApiError as exc:
-                # A namespace being deleted refuses new Events: expected, not worth a warning.
+                if exc.status == 429 or exc.status >= 500:
+                    raise
                 terminating = exc.status == 403 and "being terminated" in str(exc)
                 log.log(
                     logging.DEBUG if terminating else logging.WARNING,
                     "%s/%s: could not record event %s: %s",
-                    namespace,
-                    name,
+                    key[0],
+                    key[1],
                     transition.reason,
                     exc,
                 )
+            with self._lock:
+                pending.pop(0)

@@ -109,6 +109,15 @@ class FakeKube:
                 and (obj["metadata"].get("labels") or {}).get(label) == value
             ]
 
+    def list_axolotljob_keys(self, namespace: str | None) -> list[tuple[str, str]]:
+        self._call("list_axolotljob_keys")
+        with self._lock:
+            return [
+                (ns, name)
+                for (api, kind, ns, name) in self.objects
+                if (api, kind) == AXJ and namespace in (None, ns)
+            ]
+
     def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]:
         self._call("create")
         with self._lock:

@@ -284,12 +284,37 @@ def test_a_report_after_the_job_finished_is_dropped(kube, make_operator):
     assert 50 not in progress_writes(kube)
 
 
-def test_the_resync_revisits_unfinished_jobs_only(kube, make_operator):
+def test_the_resync_lists_forgets_the_gone_and_revisits_the_unfinished(kube, make_operator):
+    from axolotl_operator import metrics
+
+    stored_axj(kube)  # listed, never seen by a watch event: picked up
     operator = make_operator(resync_seconds=0.01)
-    stored_axj(kube)
-    operator.seen(NS, "finished", "Succeeded")
-    operator.seen(NS, NAME, "Running")
-    wait_until(lambda: kube.calls.count("get_axolotljob") >= 3, "three resyncs")
-    assert list(operator._unfinished()) == [(NS, NAME)]
-    operator.forget(NS, NAME)
-    assert list(operator._unfinished()) == []
+    metrics.observe_job(NS, "deleted-while-away", {"phase": "Running"})
+    operator.seen(NS, "deleted-while-away", "Running")  # seen once, then gone without a DELETED event
+    wait_until(lambda: kube.calls.count("get_axolotljob") >= 3, "three resyncs of the listed job")
+    with operator._guard:
+        known = set(operator._phases)
+    assert known == {(NS, NAME)}
+    assert (NS, "deleted-while-away") not in metrics._phases  # its gauge series are dropped
+    assert status_of(kube)["phase"] == "Pending"  # the job no event announced got its status
+
+
+def test_an_event_refused_for_now_is_sent_again_after_the_status(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    kube.fail("event", 429, times=3)  # the API server throttles the Event posts
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    assert ("demo", "Normal", "Starting") in kube.events
+    assert kube.calls.count("event") == 4  # three refused, then the one that landed
+    assert len([a for a in kube.applies if a[1] == STATUS_FIELD_MANAGER]) == 1  # the status once
+
+
+def test_an_event_refused_for_good_is_dropped_not_retried_forever(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    kube.fail("event", 403)  # e.g. the namespace is being deleted
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    assert kube.events == [] and kube.calls.count("event") == 1
+    assert status_of(kube)["reason"] == "Starting"
