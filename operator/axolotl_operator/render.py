@@ -194,9 +194,8 @@ def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace:
     ):
         if ref:
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    user_env = [var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []]
-    overridden = {var["name"] for var in user_env}
-    return [var for var in env if var["name"] not in overridden] + user_env
+    # The user's variables come last; validation refuses any name the operator sets (RESERVED_ENV).
+    return env + [var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []]
 
 
 def _resources(parsed: ParsedJob, settings: OperatorSettings) -> dict[str, Any]:
@@ -247,10 +246,15 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
         "volumeMounts": mounts,
         "terminationMessagePath": Paths.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # As restricted as Axolotl allows: its images run as root, so runAsNonRoot is left to the image.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
+        # The trainer never calls the API; its only token is the projected, audience-bound progress one.
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": volumes,
     }

@@ -189,7 +189,7 @@ def test_kubernetes_fields_reach_the_pod():
         imagePullSecrets=[{"name": "regcred"}],
         podMetadata={"labels": {"team": "nlp"}, "annotations": {"a": "b"}},
         image="example.org/axolotl:custom",
-        env=[{"name": "HF_HOME", "value": "/elsewhere"}, {"name": "NCCL_DEBUG", "value": "INFO"}],
+        env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
     )
     children = _render(m)
     spec = children.job["spec"]
@@ -205,8 +205,7 @@ def test_kubernetes_fields_reach_the_pod():
     assert spec["template"]["metadata"]["annotations"] == {"a": "b"}
     container = _container(children)
     assert container["image"] == "example.org/axolotl:custom"
-    names = [e["name"] for e in container["env"]]
-    assert names.count("HF_HOME") == 1 and _env(children)["HF_HOME"] == "/elsewhere"
+    assert _env(children)["NCCL_DEBUG"] == "INFO" and container["env"][-1]["name"] == "NCCL_DEBUG"
 
 
 def test_queue_name_creates_the_job_suspended_for_kueue():

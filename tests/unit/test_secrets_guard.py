@@ -55,7 +55,7 @@ def test_commit_sha_revision_is_not_a_secret():
 
 def test_secret_references_are_fine():
     secrets = {"hfToken": {"name": "hf", "key": "token"}, "wandbApiKey": {"name": "wandb", "key": "key"}}
-    env = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    env = [{"name": "COMET_API_KEY", "valueFrom": {"secretKeyRef": {"name": "comet", "key": "key"}}}]
     parsed = parse_job(manifest(secrets=secrets, env=env))
     assert parsed.job.spec.secrets.hf_token.name == "hf"
 

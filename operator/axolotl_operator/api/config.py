@@ -40,7 +40,9 @@ def opt(description: str, **constraints: Any) -> Any:
 class PassThrough(BaseModel):
     """Keeps keys Axolotl knows and we do not type, so nothing the user wrote is lost."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    model_config = ConfigDict(
+        extra="allow", allow_inf_nan=False, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
 
 
 class RopeScaling(PassThrough):

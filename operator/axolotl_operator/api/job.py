@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .config import AxolotlConfig
+from .kube_values import DnsSubdomain, EnvName, Image, LabelKey, LabelValue, Quantity, SecretKey
 
 GROUP = "axolotl.ai"
 VERSION = "v1alpha1"
@@ -21,16 +22,15 @@ CATEGORIES = ("axolotl",)
 MAX_NAME_LENGTH = 50
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-Quantity = (
-    int | Annotated[str, StringConstraints(pattern=r"^[+-]?[0-9.]+([eE][+-]?[0-9]+|[KMGTPE]i?|[mun])?$")]
-)
 AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
 
 
 class KubeModel(BaseModel):
     """camelCase on the wire, strict about unknown Kubernetes fields (typos are errors, not no-ops)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False
+    )
 
 
 def field(description: str, default: Any = None, **constraints: Any) -> Any:
@@ -40,8 +40,8 @@ def field(description: str, default: Any = None, **constraints: Any) -> Any:
 class SecretKeyRef(KubeModel):
     """A key of a Secret in the job's namespace."""
 
-    name: str = Field(description="Secret name.", min_length=1, max_length=253)
-    key: str = Field(description="Key within the Secret.", min_length=1, max_length=253)
+    name: DnsSubdomain = Field(description="Secret name.")
+    key: SecretKey = Field(description="Key within the Secret.")
 
 
 class JobSecrets(KubeModel):
@@ -57,10 +57,12 @@ class Storage(KubeModel):
     """The volume mounted at /workspace/data: datasets, caches, checkpoints and outputs."""
 
     size: Quantity | None = field("Size of the claim the operator creates; default from operator settings.")
-    existing_claim: str | None = field(
+    existing_claim: DnsSubdomain | None = field(
         "Use this existing PersistentVolumeClaim instead of creating one; never deleted by the operator."
     )
-    storage_class_name: str | None = field("StorageClass of the created claim; default: the cluster default.")
+    storage_class_name: DnsSubdomain | None = field(
+        "StorageClass of the created claim; default: the cluster default."
+    )
     access_modes: list[AccessMode] | None = field(
         "Access modes of the created claim; default ReadWriteOnce (ReadWriteMany for multi-node jobs).",
         min_length=1,
@@ -77,26 +79,26 @@ class ResourceRequirements(KubeModel):
 class EnvVar(KubeModel):
     """An extra environment variable for the trainer container (WANDB_PROJECT, NCCL_DEBUG, ...)."""
 
-    name: str = Field(description="Variable name.", min_length=1)
+    name: EnvName = Field(description="Variable name.")
     value: str | None = field("Literal value. Use valueFrom.secretKeyRef (or spec.secrets) for secrets.")
     value_from: dict[str, Any] | None = field("Source of the value, as in a Pod's env[].valueFrom.")
 
 
 class LocalObjectReference(KubeModel):
-    name: str = Field(description="Name of the referenced object.", min_length=1)
+    name: DnsSubdomain = Field(description="Name of the referenced object.")
 
 
 class PodMetadata(KubeModel):
     """Labels and annotations added to the training pods."""
 
-    labels: dict[str, str] | None = field("Labels added to the training pods.")
-    annotations: dict[str, str] | None = field("Annotations added to the training pods.")
+    labels: dict[LabelKey, LabelValue] | None = field("Labels added to the training pods.")
+    annotations: dict[LabelKey, str] | None = field("Annotations added to the training pods.")
 
 
 class AxolotlJobSpec(KubeModel):
     """What to train and where: the Axolotl config plus the Kubernetes settings of its pods."""
 
-    image: str | None = field("Trainer image; default from operator settings.")
+    image: Image | None = field("Trainer image; default from operator settings.")
     gpus: int = field("GPUs per node; 0 runs on CPU only.", default=1, ge=0, le=64)
     nodes: int = field("Nodes (pods) to train on; above 1 runs multi-node torchrun.", default=1, ge=1, le=256)
     resources: ResourceRequirements | None = field("Extra CPU and memory requests and limits.")
@@ -104,17 +106,17 @@ class AxolotlJobSpec(KubeModel):
     secrets: JobSecrets | None = field("Secrets injected as HF_TOKEN and WANDB_API_KEY.")
     env: list[EnvVar] | None = field("Extra environment variables for the trainer.")
     suspend: bool = field("Suspend the job: running pods stop; false resumes it.", default=False)
-    queue_name: str | None = field("Kueue LocalQueue; the job waits suspended until Kueue admits it.")
+    queue_name: LabelValue | None = field("Kueue LocalQueue; the job waits suspended until Kueue admits it.")
     backoff_limit: int = field("Pod retries before the job fails; retries resume from a checkpoint.", 3, ge=0)
     active_deadline_seconds: int | None = field("Fail the job after this many seconds of running.", ge=1)
     ttl_seconds_after_finished: int | None = field(
         "Delete the finished Job (not the data) after N seconds.", ge=0
     )
-    node_selector: dict[str, str] | None = field("Node labels the training pods must match.")
+    node_selector: dict[LabelKey, LabelValue] | None = field("Node labels the training pods must match.")
     tolerations: list[dict[str, Any]] | None = field("Tolerations of the training pods.")
     affinity: dict[str, Any] | None = field("Affinity of the training pods.")
-    priority_class_name: str | None = field("PriorityClass of the training pods.")
-    service_account_name: str | None = field("ServiceAccount of the training pods.")
+    priority_class_name: DnsSubdomain | None = field("PriorityClass of the training pods.")
+    service_account_name: DnsSubdomain | None = field("ServiceAccount of the training pods.")
     image_pull_secrets: list[LocalObjectReference] | None = field("Secrets to pull the trainer image.")
     pod_metadata: PodMetadata | None = field("Labels and annotations for the training pods.")
     config: AxolotlConfig = Field(

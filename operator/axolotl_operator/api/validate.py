@@ -13,14 +13,26 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from ..trainer_contract import Env
+from ..yamlio import dump
 from .compat import translate_config
 from .config import AxolotlConfig, Dataset
 from .issues import FieldIssue, SpecError, config_path, join_path
 from .job import MAX_NAME_LENGTH, AxolotlJob
 from .known_keys import axolotl_keys, did_you_mean
-from .secrets_guard import find_inline_secrets
+from .secrets_guard import find_spec_secrets
 
 RWX = "ReadWriteMany"
+# What the operator sets in the trainer container is its contract with the runner, not the user's to
+# override (a changed progress URL or token file would send the pod's token elsewhere); tokens come
+# from Secret references only; the dynamic loader's hooks would run code inside the runner.
+SECRET_SOURCED_ENV = {Env.HF_TOKEN: "spec.secrets.hfToken", Env.WANDB_API_KEY: "spec.secrets.wandbApiKey"}
+RESERVED_ENV = frozenset(v for k, v in vars(Env).items() if not k.startswith("_")) | {
+    "LD_PRELOAD",
+    "LD_AUDIT",
+}
+MAX_DEPTH = 64  # Axolotl configs nest a few levels; hundreds only crash recursive code
+# A ConfigMap holds at most 1 MiB; leave room for its metadata and the operator's defaults.
+CONFIG_MAX_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,9 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
             [FieldIssue("spec.config", "required: the Axolotl config (a mapping), e.g. base_model")]
         )
 
-    errors = find_inline_secrets(raw_config, spec.get("env"))
+    if _depth(spec) > MAX_DEPTH:  # before anything recursive (the parsers, the YAML dumper) sees it
+        raise SpecError([FieldIssue("spec", f"nested more than {MAX_DEPTH} levels deep; flatten it")])
+    errors = find_spec_secrets(spec)
     if errors:  # stop here: nothing else gets to echo a secret back
         raise SpecError(errors)
 
@@ -67,12 +81,29 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
         errors.extend(_pydantic_issues(exc))
     if job is not None:
         errors.extend(_cross_field_issues(job))
+        errors.extend(_reserved_env_issues(job))
+        errors.extend(_config_size_issues(translation.config))
         warnings.extend(_missing_secret_warnings(job))
     warnings.extend(_unknown_key_warnings(translation.config))
     if errors:
         raise SpecError(_dedupe(errors), warnings)
     assert job is not None
     return ParsedJob(job=job, config=translation.config, warnings=tuple(warnings))
+
+
+def _depth(value: Any) -> int:
+    """How deeply mappings and lists nest, without recursion (a hostile spec must not overflow)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, Mapping | list):
+                if depth + 1 > MAX_DEPTH:
+                    return depth + 1
+                stack.append((child, depth + 1))
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _pydantic_issues(exc: ValidationError) -> list[FieldIssue]:
@@ -169,16 +200,37 @@ def _cross_field_issues(job: AxolotlJob) -> list[FieldIssue]:
     return issues
 
 
+def _reserved_env_issues(job: AxolotlJob) -> list[FieldIssue]:
+    issues = []
+    for index, var in enumerate(job.spec.env or []):
+        path = join_path("spec.env", index, "name")
+        if var.name in SECRET_SOURCED_ENV:
+            where = SECRET_SOURCED_ENV[var.name]
+            issues.append(
+                FieldIssue(path, f"{var.name} comes from {where} (a Secret reference); set it there")
+            )
+        elif var.name in RESERVED_ENV:
+            issues.append(FieldIssue(path, f"{var.name} is set by the operator for the trainer; remove it"))
+    return issues
+
+
+def _config_size_issues(config: Mapping[str, Any]) -> list[FieldIssue]:
+    size = len(dump(dict(config)).encode())
+    if size <= CONFIG_MAX_BYTES:
+        return []
+    message = (
+        f"the rendered config is {size} bytes, over the {CONFIG_MAX_BYTES}-byte ConfigMap budget; "
+        "put large values (chat templates, inline datasets) in files on the volume and reference them"
+    )
+    return [FieldIssue("spec.config", message)]
+
+
 def _missing_secret_warnings(job: AxolotlJob) -> list[FieldIssue]:
     """A Hub push or W&B run without its credential fails late, after the GPU hours are spent."""
     secrets = job.spec.secrets
     env_names = {var.name for var in job.spec.env or []}
     warnings = []
-    if (
-        job.spec.config.hub_model_id
-        and (secrets is None or secrets.hf_token is None)
-        and Env.HF_TOKEN not in env_names
-    ):
+    if job.spec.config.hub_model_id and (secrets is None or secrets.hf_token is None):
         warnings.append(
             FieldIssue(
                 "spec.secrets.hfToken", "hub_model_id is set but no HF token: the push at the end will fail"
@@ -187,7 +239,7 @@ def _missing_secret_warnings(job: AxolotlJob) -> list[FieldIssue]:
     if (
         job.spec.config.wandb_project
         and (secrets is None or secrets.wandb_api_key is None)
-        and not (env_names & {Env.WANDB_API_KEY, "WANDB_MODE"})
+        and "WANDB_MODE" not in env_names
     ):
         warnings.append(
             FieldIssue(
