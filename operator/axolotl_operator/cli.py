@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -13,26 +13,79 @@ import yaml
 
 from . import __version__
 from .api import KIND, SpecError, parse_job
-from .convert import ConvertError, convert
+from .api.secrets_guard import redact
+from .convert import ConvertError, convert, value_kind
 from .crd import crd_yaml
 from .render import render
 from .settings import OperatorSettings
-from .yamlio import dump_all, load_all
+from .yamlio import MAX_INPUT_BYTES, dump_all, load_all
 
-LINE_COMMENT = re.compile(r"^\s*//.*$", re.MULTILINE)
+LINE_COMMENT = re.compile(r"^[ \t]*//[^\n]*$", re.MULTILINE)
+
+
+class InputError(Exception):
+    """A file the CLI cannot read as YAML; the message names the file and why."""
 
 
 def _read(path: str) -> str:
-    return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """At most one byte more than load_all accepts: a huge file is refused without reading it all."""
+    if path == "-":
+        return sys.stdin.read(MAX_INPUT_BYTES + 1)
+    with Path(path).open(encoding="utf-8") as stream:
+        return stream.read(MAX_INPUT_BYTES + 1)
 
 
-def _documents(path: str) -> list[Any]:
-    # Request bodies in docs often carry `// ...` comments; they are not JSON, so drop them.
-    return load_all(LINE_COMMENT.sub("", _read(path)))
+def _documents(path: str, json_comments: bool = False) -> list[Any]:
+    """The file's documents, or InputError.
+
+    `json_comments`: request bodies in docs often carry `// ...` lines, which JSON lacks. They are dropped
+    only from JSON text (it starts with `{` or `[`), where no line can be inside a string; in YAML such a
+    line may be content (a Jinja chat template in a `|` block), so YAML is read exactly as kubectl reads it.
+    """
+    try:
+        text = _read(path)
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: error: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{path}: error: {exc}") from None
+    if json_comments and _is_json(text):
+        text = LINE_COMMENT.sub("", text)
+    try:
+        return load_all(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: error: {exc}") from None
+
+
+def _is_json(text: str) -> bool:
+    """The first line that is neither blank nor a `//` comment opens a JSON object or array."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("//"):
+            return stripped[0] in "{["
+    return False
 
 
 def _jobs(documents: list[Any]) -> list[Any]:
     return [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+
+
+def _name(manifest: Mapping[str, Any]) -> str:
+    metadata = manifest.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) and name else "?"
+
+
+def _shape_errors(manifest: Mapping[str, Any]) -> list[str]:
+    """Top-level fields of the wrong type, named with the fix, before the model sees them."""
+    expected = {
+        "metadata": (Mapping, "a mapping such as {name: my-job}"),
+        "spec": (Mapping, "a mapping with config (the Axolotl config), e.g. {config: {base_model: ...}}"),
+    }
+    return [
+        f"{key}: expected {what}, got {value_kind(manifest[key])}"
+        for key, (types, what) in expected.items()
+        if key in manifest and not isinstance(manifest[key], types)
+    ]
 
 
 def _warn(source: str, warnings: Sequence[Any], stream: TextIO) -> None:
@@ -40,20 +93,31 @@ def _warn(source: str, warnings: Sequence[Any], stream: TextIO) -> None:
         print(f"{source}: warning: {warning}", file=stream)
 
 
+def _refused(source: str, manifest: Mapping[str, Any]) -> bool:
+    """Print the top-level shape errors of `manifest`; True when there were any."""
+    errors = _shape_errors(manifest)
+    for error in errors:
+        print(f"{source}: error: {error}", file=sys.stderr)
+    return bool(errors)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
             jobs = _jobs(_documents(path))
-        except (OSError, yaml.YAMLError) as exc:
-            print(f"{path}: error: {exc}", file=sys.stderr)
+        except InputError as exc:
+            print(exc, file=sys.stderr)
             failed = True
             continue
         if not jobs:
             print(f"{path}: error: no {KIND} document found", file=sys.stderr)
             failed = True
         for manifest in jobs:
-            name = (manifest.get("metadata") or {}).get("name", "?")
+            name = _name(manifest)
+            if _refused(f"{path}: {name}", manifest):
+                failed = True
+                continue
             try:
                 parsed = parse_job(manifest)
             except SpecError as exc:
@@ -75,6 +139,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"{args.file}: error: no {KIND} document found", file=sys.stderr)
         return 1
     for manifest in jobs:
+        if _refused(args.file, manifest):
+            return 1
         try:
             parsed = parse_job(manifest)
         except SpecError as exc:
@@ -89,15 +155,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    documents = _documents(args.file)
+    documents = _documents(args.file, json_comments=True)
     if len(documents) != 1 or not isinstance(documents[0], dict):
         print(f"{args.file}: error: expected one Axolotl config or request body", file=sys.stderr)
         return 1
-    name = args.name
-    if not name and args.file != "-" and "input" not in documents[0]:
-        name = Path(args.file).stem
+    default_name = None
+    if args.file != "-" and "input" not in documents[0]:
+        default_name = Path(args.file).stem
     try:
-        converted = convert(documents[0], name=name, namespace=args.namespace, gpus=args.gpus)
+        converted = convert(
+            documents[0], name=args.name, namespace=args.namespace, gpus=args.gpus, default_name=default_name
+        )
     except ConvertError as exc:
         print(f"{args.file}: error: {exc}", file=sys.stderr)
         return 1
@@ -171,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-url", help="URL trainer pods POST progress to")
     p.add_argument("--progress-port", type=int, default=0, help="serve POST /progress here; 0 disables")
     p.add_argument("--progress-host", default="0.0.0.0", help="address of the progress endpoint")
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=300.0,
+        help="re-list AxolotlJobs and recompute unfinished ones this often (a safety net); 0 disables",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
     return parser
@@ -180,12 +254,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except InputError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, yaml.YAMLError) as exc:  # malformed YAML/JSON
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if args.command == "run":
+            raise  # the operator's own failures keep their traceback for its logs
+        # Offline commands read files from anyone: a bug they hit still ends in a message, not a traceback.
+        print(
+            f"error: unexpected {type(exc).__name__}: {redact(str(exc))} (a bug: please report it)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

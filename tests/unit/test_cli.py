@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -109,15 +110,18 @@ def test_convert_request_body_moves_credentials_to_a_secret(tmp_path):
     result = run("convert", str(path), "--gpus", "2", "-n", "ml")
     assert result.returncode == 0, result.stderr
     secret, job = yaml.safe_load_all(result.stdout)
-    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "run-2026-11-7-credentials"
+    name = "run-2026-11-7-" + hashlib.sha256(b"Run_2026.11 #7").hexdigest()[:8]  # sanitised: hash appended
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == f"{name}-credentials"
+    assert secret["metadata"]["labels"] == {"axolotl.ai/job": name}
+    assert secret["metadata"]["annotations"]["axolotl.ai/run-id"] == "Run_2026.11 #7"
     assert set(secret["stringData"]) == {"hf_token", "wandb_api_key"}
-    assert job["metadata"]["name"] == "run-2026-11-7" and job["metadata"]["namespace"] == "ml"
+    assert job["metadata"]["name"] == name and job["metadata"]["namespace"] == "ml"
     assert job["metadata"]["annotations"]["axolotl.ai/run-id"] == "Run_2026.11 #7"
     assert job["spec"]["gpus"] == 2
-    assert job["spec"]["secrets"]["hfToken"] == {"name": "run-2026-11-7-credentials", "key": "hf_token"}
+    assert job["spec"]["secrets"]["hfToken"] == {"name": f"{name}-credentials", "key": "hf_token"}
     assert "credentials" not in json.dumps(job["spec"]["config"])
     assert "hf_" + "x" * 34 not in job.__repr__()
-    assert "Secret 'run-2026-11-7-credentials'" in result.stderr
+    assert f"Secret '{name}-credentials'" in result.stderr
 
 
 def test_convert_without_a_name_asks_for_one():
