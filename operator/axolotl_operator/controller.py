@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -106,7 +107,7 @@ class Operator:
         event), pick up jobs never seen, and revisit every job not known to be finished (a finished job
         changes only through its Job or pods, whose events still enqueue it)."""
         try:
-            listed = {key for ns in self.namespaces or (None,) for key in self.kube.list_axolotljob_keys(ns)}
+            listed = self._list_keys()
         except Exception as exc:  # the API server is away: revisit what is known, list next time
             log.warning("resync: cannot list AxolotlJobs: %s", exc)
             listed = None
@@ -119,6 +120,16 @@ class Operator:
                 self.seen(*key, None)
                 yield key
         yield from (key for key, phase in known.items() if phase not in TERMINAL_PHASES)
+
+    def _list_keys(self) -> set[Key]:
+        """Every AxolotlJob the operator watches: per namespace, or cluster-wide when a namespace is a
+        glob (Kopf allows them) or none is given."""
+        if not self.namespaces or any(set(ns) & set("*?[") for ns in self.namespaces):
+            keys = set(self.kube.list_axolotljob_keys(None))
+            if not self.namespaces:
+                return keys
+            return {key for key in keys if any(fnmatch.fnmatchcase(key[0], ns) for ns in self.namespaces)}
+        return {key for ns in self.namespaces for key in self.kube.list_axolotljob_keys(ns)}
 
     def _gone(self, key: Key) -> None:
         """The AxolotlJob no longer exists: drop what the operator keeps about it, metrics included."""

@@ -101,3 +101,36 @@ def test_progress_port_and_url_are_settable_and_zero_turns_it_off(helm):
     assert not any(arg.startswith("--progress-port") for arg in container["args"])
     assert "AXOLOTL_OPERATOR_PROGRESS_URL" not in {e["name"] for e in container["env"]}
     assert not any(d["kind"] == "Service" and d["metadata"]["name"].endswith("-progress") for d in docs)
+
+
+def test_watched_namespaces_get_roles_and_no_create_rights_elsewhere(helm):
+    docs = template(helm, "watchNamespaces={ml,research}")
+    cluster_role = next(
+        d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "ops-axolotl-operator"
+    )
+    cluster_verbs = {
+        (r, v) for rule in cluster_role["rules"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    assert {(r, v) for r, v in cluster_verbs if v in {"create", "patch", "update"}} == {
+        ("tokenreviews", "create")
+    }
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    assert set(roles) == {"ml", "research"}
+    for role in roles.values():
+        granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+        assert {("jobs", "create"), ("configmaps", "create"), ("axolotljobs/status", "patch")} <= granted
+        assert not any("secrets" in rule["resources"] for rule in role["rules"])
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert set(bindings) == {"ml", "research"}
+    assert all(b["subjects"][0]["namespace"] == "axolotl-system" for b in bindings.values())
+
+
+def test_the_default_roles_can_manage_and_read_axolotljobs(helm):
+    roles = {d["metadata"]["name"]: d for d in template(helm) if d["kind"] == "ClusterRole"}
+    edit, view = roles["ops-axolotl-operator-axolotljob-edit"], roles["ops-axolotl-operator-axolotljob-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "create" in edit["rules"][0]["verbs"] and "delete" in edit["rules"][0]["verbs"]
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
+    off = template(helm, "rbac.aggregateToDefaultRoles=false")
+    assert [d["metadata"]["name"] for d in off if d["kind"] == "ClusterRole"] == ["ops-axolotl-operator"]

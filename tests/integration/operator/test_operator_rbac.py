@@ -42,40 +42,50 @@ def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
     return path
 
 
-def test_operator_runs_with_the_charts_least_privilege_rbac(op, namespace, helm, kubeconfig, tmp_path):
-    release = f"rbac{uuid.uuid4().hex[:6]}"
-    rendered = subprocess.run(
-        [
-            str(helm),
-            "template",
-            release,
-            str(ROOT / "charts" / "axolotl-operator"),
-            "--namespace",
-            namespace,
-            "--show-only",
-            "templates/rbac.yaml",
-            "--show-only",
-            "templates/serviceaccount.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    objects = [d for d in yaml.safe_load_all(rendered) if d]
-    assert {o["kind"] for o in objects} == {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
+def chart_rbac(helm: Path, namespace: str, *values: str) -> list[dict]:
+    """The chart's RBAC and ServiceAccount for a release in `namespace`, rendered by helm."""
+    args = [str(helm), "template", f"rbac{uuid.uuid4().hex[:6]}", str(ROOT / "charts" / "axolotl-operator")]
+    args += ["--namespace", namespace, "--show-only", "templates/rbac.yaml"]
+    args += ["--show-only", "templates/serviceaccount.yaml", *(f"--set={v}" for v in values)]
+    rendered = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def start_restricted(objects: list[dict], namespace: str, kubeconfig: Path, tmp_path: Path, *scope: str):
+    """Apply the RBAC objects and start the operator with only its ServiceAccount's token."""
     apply_yaml(objects, namespace)
     account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
     token = kubectl("create", "token", account, "-n", namespace, "--duration=1h").strip()
     config = token_kubeconfig(Path(kubeconfig), token, tmp_path / "operator.kubeconfig")
-
-    op.stop()  # the admin-credentialed operator must not do the work
-    restricted = OperatorProcess(tmp_path / "restricted.log")
+    restricted = OperatorProcess(tmp_path / "restricted.log", scope=scope or ("--all-namespaces",))
     previous = os.environ["KUBECONFIG"]
     os.environ["KUBECONFIG"] = str(config)
     try:
         restricted.start()
     finally:
         os.environ["KUBECONFIG"] = previous
+    return restricted, f"system:serviceaccount:{namespace}:{account}"
+
+
+def delete_all(objects: list[dict]) -> None:
+    for obj in objects:
+        if obj["kind"] != "ServiceAccount":
+            where = ["-n", obj["metadata"]["namespace"]] if obj["metadata"].get("namespace") else []
+            kubectl(
+                "delete",
+                obj["kind"].lower(),
+                obj["metadata"]["name"],
+                *where,
+                "--ignore-not-found",
+                check=False,
+            )
+
+
+def test_operator_runs_with_the_charts_least_privilege_rbac(op, namespace, helm, kubeconfig, tmp_path):
+    objects = chart_rbac(helm, namespace)
+    assert {o["kind"] for o in objects} == {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
+    op.stop()  # the admin-credentialed operator must not do the work
+    restricted, _ = start_restricted(objects, namespace, kubeconfig, tmp_path)
     try:
         kubectl("create", "secret", "generic", "hf", "-n", namespace, "--from-literal=token=x")
         apply_yaml(make_axj("least", secrets={"hfToken": {"name": "hf", "key": "token"}}), namespace)
@@ -89,10 +99,33 @@ def test_operator_runs_with_the_charts_least_privilege_rbac(op, namespace, helm,
         wait_events(namespace, "wrong", "InvalidSpec")
     finally:
         assert restricted.stop() == 0
-        for obj in objects:
-            if obj["kind"] != "ServiceAccount":
-                kubectl(
-                    "delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", check=False
-                )
+        delete_all(objects)
+    log = restricted.log()
+    assert "forbidden" not in log.lower(), log[-3000:]
+
+
+def test_a_namespaced_install_can_create_only_in_its_watched_namespaces(
+    op, namespace, helm, kubeconfig, tmp_path
+):
+    objects = chart_rbac(helm, namespace, f"watchNamespaces={{{namespace}}}")
+    assert {o["kind"] for o in objects} >= {"Role", "RoleBinding"}
+    op.stop()
+    restricted, user = start_restricted(objects, namespace, kubeconfig, tmp_path, "--namespace", namespace)
+    try:
+
+        def can(verb: str, resource: str, where: str) -> str:
+            args = ("auth", "can-i", verb, resource, "-n", where, f"--as={user}")
+            return kubectl(*args, check=False).strip()
+
+        assert can("create", "jobs.batch", namespace) == "yes"
+        assert can("create", "jobs.batch", "kube-system") == "no"
+        assert can("patch", "configmaps", "default") == "no"
+        assert can("get", "secrets", namespace) == "no"
+        apply_yaml(make_axj("scoped"), namespace)
+        wait_phase(namespace, "scoped", "Succeeded")
+        wait_events(namespace, "scoped", "Succeeded")
+    finally:
+        assert restricted.stop() == 0
+        delete_all(objects)
     log = restricted.log()
     assert "forbidden" not in log.lower(), log[-3000:]
