@@ -148,3 +148,21 @@ def test_rendered_pods_are_restricted():
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
     }
+
+
+@pytest.mark.parametrize(
+    "config, path",
+    [
+        ({"datasets": -1}, "spec.config.datasets"),
+        ({"fsdp": 1}, "spec.config.fsdp"),
+        ({"fsdp": [[]]}, "spec.config.fsdp"),
+    ],
+)
+def test_odd_shapes_are_refused_naming_the_field_not_crashing(config, path):
+    error = refused(manifest(config))
+    assert path in paths(error), paths(error)
+
+
+def test_thousands_of_unknown_keys_give_bounded_warnings():
+    parsed = parse_job(manifest({f"unknown_key_{i}": i for i in range(5_000)}))
+    assert len(parsed.warnings) == 51 and "4950 more" in parsed.warnings[-1].message

@@ -210,13 +210,16 @@ def _fsdp(t: Translation) -> None:
     if "fsdp" not in t.config:
         return
     legacy = t.config.pop("fsdp")
+    if not isinstance(legacy, str | list | None):
+        t.fail("'fsdp' is a list of FSDP1 options; use fsdp_config (FSDP2) instead", "fsdp")
+        return
     items = legacy.split() if isinstance(legacy, str) else list(legacy or [])
     if not items:
         t.warn("empty 'fsdp' removed", "fsdp")
         return
     config = dict(t.config.get("fsdp_config") or {})
     for item in items:
-        if item not in FSDP1_OPTIONS:
+        if not isinstance(item, str) or item not in FSDP1_OPTIONS:
             t.fail(f"unknown FSDP1 option '{item}'; use fsdp_config (FSDP2) instead", "fsdp")
             continue
         key, value = FSDP1_OPTIONS[item]

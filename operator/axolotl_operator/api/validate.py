@@ -30,6 +30,7 @@ RESERVED_ENV = frozenset(v for k, v in vars(Env).items() if not k.startswith("_"
     "LD_PRELOAD",
     "LD_AUDIT",
 }
+MAX_UNKNOWN_WARNINGS = 50
 MAX_DEPTH = 64  # Axolotl configs nest a few levels; hundreds only crash recursive code
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and the operator's defaults.
 CONFIG_MAX_BYTES = 1_000_000
@@ -69,7 +70,12 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
     if errors:  # stop here: nothing else gets to echo a secret back
         raise SpecError(errors)
 
-    translation = translate_config(dict(raw_config))
+    try:
+        translation = translate_config(dict(raw_config))
+    except Exception as exc:  # a shape the translation rules did not expect: refused, never a crash
+        raise SpecError(
+            [FieldIssue("spec.config", f"cannot be read ({type(exc).__name__}); check its types")]
+        ) from None
     errors = list(translation.errors)
     warnings = list(translation.warnings)
 
@@ -251,24 +257,26 @@ def _missing_secret_warnings(job: AxolotlJob) -> list[FieldIssue]:
 
 
 def _unknown_key_warnings(config: Mapping[str, Any]) -> list[FieldIssue]:
+    """Keys Axolotl would ignore, with a did-you-mean for the first MAX_UNKNOWN_WARNINGS (a suggestion
+    costs a fuzzy match against every known key; a hostile config may have thousands)."""
     known = frozenset(axolotl_keys()["config_keys"]) | frozenset(AxolotlConfig.model_fields)
-    warnings = [
-        FieldIssue(config_path(key), f"not a key Axolotl knows; it will be ignored{did_you_mean(key, known)}")
-        for key in config
-        if key not in known
-    ]
     dataset_known = frozenset(axolotl_keys()["dataset_keys"]) | frozenset(Dataset.model_fields)
-    for index, dataset in enumerate(config.get("datasets") or []):
-        if not isinstance(dataset, Mapping):
-            continue
-        warnings.extend(
-            FieldIssue(
-                config_path("datasets", index, key),
-                f"not a dataset key Axolotl knows; it will be ignored{did_you_mean(key, dataset_known)}",
-            )
-            for key in dataset
-            if key not in dataset_known
-        )
+    unknown = [(config_path(key), key, known, "key") for key in config if key not in known]
+    datasets = config.get("datasets")
+    for index, dataset in enumerate(datasets if isinstance(datasets, list) else []):
+        if isinstance(dataset, Mapping):
+            unknown += [
+                (config_path("datasets", index, key), key, dataset_known, "dataset key")
+                for key in dataset
+                if key not in dataset_known
+            ]
+    warnings = [
+        FieldIssue(path, f"not a {what} Axolotl knows; it will be ignored{did_you_mean(str(key), choices)}")
+        for path, key, choices, what in unknown[:MAX_UNKNOWN_WARNINGS]
+    ]
+    if len(unknown) > MAX_UNKNOWN_WARNINGS:
+        more = len(unknown) - MAX_UNKNOWN_WARNINGS
+        warnings.append(FieldIssue("spec.config", f"... and {more} more keys Axolotl does not know"))
     return warnings
 
 
