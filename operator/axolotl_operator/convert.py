@@ -95,20 +95,9 @@ def convert(
     annotations: dict[str, str] = {}
     credentials: dict[str, str] = {}
     if is_request_body(document):
-        body = document["input"]
-        config = dict(_mapping(body.get("args"), "input.args", "the Axolotl config, e.g. {base_model: ...}"))
+        config, annotations, credentials, run_id = _request_body(document["input"], warnings)
         config_path = "input.args"
-        ids = {key: _id(body.get(key), f"input.{key}") for key in BODY_ANNOTATIONS}
-        annotations = {BODY_ANNOTATIONS[key]: value for key, value in ids.items() if value}
-        raw = _mapping(body.get("credentials"), "input.credentials", "{hf_token: ..., wandb_api_key: ...}")
-        unknown = sorted(str(key) for key in raw if key not in CREDENTIAL_KEYS)
-        if unknown:
-            warnings.append(f"input.credentials {unknown} are not used by the trainer and were dropped")
-        for key in CREDENTIAL_KEYS:
-            value = _credential(raw.get(key), f"input.credentials.{key}")
-            if value:
-                credentials[key] = value
-        sources = [(name, "--name"), (ids["run_id"], "input.run_id")]
+        sources = [(name, "--name"), (run_id, "input.run_id")]
     else:
         if "input" in document and "base_model" not in document:
             _mapping(document["input"], "input", "{run_id: ..., credentials: {...}, args: {...}}")
@@ -145,21 +134,7 @@ def convert(
     documents: list[dict[str, Any]] = []
     if credentials:
         secret_name = f"{name}{SECRET_SUFFIX}"
-        secret_meta: dict[str, Any] = {"name": secret_name}
-        if namespace:
-            secret_meta["namespace"] = namespace
-        secret_meta["labels"] = {JOB_LABEL: name}  # whose it is, for the check in the docstring
-        if annotations:
-            secret_meta["annotations"] = dict(annotations)
-        documents.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": secret_meta,
-                "type": "Opaque",
-                "stringData": credentials,
-            }
-        )
+        documents.append(_secret(secret_name, name, namespace, annotations, credentials))
         spec["secrets"] = {CREDENTIAL_KEYS[k]: {"name": secret_name, "key": k} for k in sorted(credentials)}
         warnings.append(
             f"credentials moved to Secret '{secret_name}' and referenced from spec.secrets; "
@@ -169,6 +144,48 @@ def convert(
     spec["config"] = config
     documents.append({"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec})
     return Converted(documents=documents, warnings=warnings)
+
+
+def _request_body(
+    body: Mapping[str, Any], warnings: list[str]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str], str | None]:
+    """(config, annotations, credentials, run_id) of a `{"input": {...}}` request body."""
+    config = dict(_mapping(body.get("args"), "input.args", "the Axolotl config, e.g. {base_model: ...}"))
+    ids = {key: _id(body.get(key), f"input.{key}") for key in BODY_ANNOTATIONS}
+    annotations = {BODY_ANNOTATIONS[key]: value for key, value in ids.items() if value}
+    raw = _mapping(body.get("credentials"), "input.credentials", "{hf_token: ..., wandb_api_key: ...}")
+    unknown = sorted(str(key) for key in raw if key not in CREDENTIAL_KEYS)
+    if unknown:
+        warnings.append(f"input.credentials {unknown} are not used by the trainer and were dropped")
+    credentials = {}
+    for key in CREDENTIAL_KEYS:
+        value = _credential(raw.get(key), f"input.credentials.{key}")
+        if value:
+            credentials[key] = value
+    return config, annotations, credentials, ids["run_id"]
+
+
+def _secret(
+    secret_name: str,
+    job: str,
+    namespace: str | None,
+    annotations: Mapping[str, str],
+    credentials: Mapping[str, str],
+) -> dict[str, Any]:
+    """The `<job>-credentials` Secret, labelled with its job (for the check in `convert`'s docstring)."""
+    metadata: dict[str, Any] = {"name": secret_name}
+    if namespace:
+        metadata["namespace"] = namespace
+    metadata["labels"] = {JOB_LABEL: job}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "Opaque",
+        "stringData": dict(credentials),
+    }
 
 
 def _join(path: str, key: str) -> str:
