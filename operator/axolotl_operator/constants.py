@@ -17,6 +17,7 @@ RUNNER_COMMAND = ("axolotl-job-runner",)
 JOB_LABEL = f"{GROUP}/job"  # on every child and training pod: which AxolotlJob it belongs to
 RETAIN_ANNOTATION = f"{GROUP}/retain"  # on the claim: outlives the AxolotlJob
 OWNER_UID_ANNOTATION = f"{GROUP}/owner-uid"  # on every child: the uid of the AxolotlJob that made it
+CLAIM_UID_ANNOTATION = f"{GROUP}/claim-uid"  # on the AxolotlJob: the uid of the claim made for it
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"

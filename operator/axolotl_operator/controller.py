@@ -19,9 +19,11 @@ import kopf
 
 from . import metrics
 from .api import SpecError, parse_job
+from .api.job import API_VERSION, KIND
 from .api.status import TERMINAL_PHASES, Reason
+from .constants import CLAIM_UID_ANNOTATION
 from .kube import ApiError, KubeApi
-from .ownership import Ownership, controller_of, describe, ownership
+from .ownership import Ownership, controlled_by, controller_of, describe, made_for, ownership
 from .progress import Report
 from .render import job_updates, render
 from .settings import OperatorSettings
@@ -68,7 +70,9 @@ class Operator:
         )
         self._facts: dict[tuple[str, int], JobFacts] = {}
         self._phases: dict[Key, str | None] = {}  # every AxolotlJob seen -> its last seen phase
-        self._blockers: dict[Key, tuple[Reason, str]] = {}  # why reconcile cannot go on (shown in status)
+        self._uids: dict[Key, str] = {}  # the uid of the AxolotlJob last seen under each name
+        self._blockers: dict[Key, tuple[str, Reason, str]] = {}  # (uid, why reconcile stopped), in status
+        self._claims: dict[str, str] = {}  # AxolotlJob uid -> uid of the claim the operator created for it
         self._guard = threading.Lock()
 
     def start(self) -> Operator:
@@ -85,17 +89,27 @@ class Operator:
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
 
-    def seen(self, namespace: str, name: str, phase: str | None) -> None:
+    def seen(self, namespace: str, name: str, phase: str | None, uid: str | None = None) -> None:
         """An AxolotlJob as the watch delivered it: remembered for the resync."""
         with self._guard:
             self._phases[(namespace, name)] = phase
+            if uid:
+                self._uids[(namespace, name)] = uid
 
-    def forget(self, namespace: str, name: str) -> None:
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Drop what is kept about the AxolotlJob `uid` (any, when None). A job re-created under the same
+        name keeps its own: queued runs stay (a run for a gone job is a cheap no-op), and blockers and
+        progress reports carry their uid."""
         key = (namespace, name)
         with self._guard:
+            if uid is not None and self._uids.get(key, uid) != uid:
+                return  # a newer AxolotlJob of that name is known: not ours to forget
             self._phases.pop(key, None)
-            self._blockers.pop(key, None)
-        self.queue.forget(key)
+            self._uids.pop(key, None)
+            self._claims.pop(uid or "", None)
+            blocked = self._blockers.get(key)
+            if blocked and (uid is None or blocked[0] == uid):
+                self._blockers.pop(key, None)
         self.writer.forget(key)
 
     def accept_progress(self, report: Report) -> None:
@@ -181,7 +195,8 @@ class Operator:
             self.enqueue(namespace, name)
             raise kopf.PermanentError(f"invalid spec, nothing created: {error}") from None
         except Exception as error:  # a spec that breaks the parser is reported, never retried forever
-            self._block(key, Reason.INVALID_SPEC, f"the operator could not read the spec: {_short(error)}")
+            why = f"the operator could not read the spec: {_short(error)}"
+            self._block(key, manifest["metadata"].get("uid", ""), Reason.INVALID_SPEC, why)
             raise kopf.PermanentError(f"unreadable spec: {_short(error)}") from None
         phase = (manifest.get("status") or {}).get("phase")
         if phase in TERMINAL_PHASES and self.kube.get_job(namespace, name) is None:
@@ -191,10 +206,9 @@ class Operator:
             return
         self._unblock(key)  # this attempt finds out again what (if anything) stops it
         children = render(parsed, self.settings, namespace, owner=manifest)
-        uid = manifest["metadata"]["uid"]
         job: dict[str, Any] | None = None
         for child in children.manifests():
-            obj = self._ensure(key, child, uid)
+            obj = self._ensure(key, child, manifest)
             if child is children.job:
                 job = obj
         assert job is not None
@@ -207,28 +221,26 @@ class Operator:
         self.enqueue(namespace, name)
         log.info("%s/%s: reconciled", namespace, name)
 
-    def _ensure(self, key: Key, child: Mapping[str, Any], uid: str) -> Mapping[str, Any]:
+    def _ensure(self, key: Key, child: Mapping[str, Any], axj: Mapping[str, Any]) -> Mapping[str, Any]:
         """Create the child, or accept the existing one only if it is provably this job's."""
         namespace, name = key
+        uid = axj["metadata"]["uid"]
         kind, child_name = child["kind"], child["metadata"]["name"]
         try:
             obj, created = self.kube.create(child)
         except ApiError as exc:
             if exc.status in REJECTED_STATUSES:  # the API server refuses what the spec asks for
                 message = f"the API server refused {kind} {child_name}: {_short(exc)}. Fix the field it names"
-                self._block(key, Reason.CREATE_REJECTED, message)
+                self._block(key, uid, Reason.CREATE_REJECTED, message)
                 raise kopf.PermanentError(message) from None
             raise
         if created:
             log.info("%s/%s: created %s %s", namespace, name, kind, child_name)
+            if kind == "PersistentVolumeClaim":
+                self._record_claim(axj, obj)
             return obj
         found = ownership(obj, name, uid)
-        if found is Ownership.ADOPT and child["metadata"].get("ownerReferences"):
-            log.info("%s/%s: adopting %s %s (made for this AxolotlJob)", namespace, name, kind, child_name)
-            refs = list(obj["metadata"].get("ownerReferences") or []) + child["metadata"]["ownerReferences"]
-            patch = {"metadata": {"ownerReferences": refs}}
-            return self.kube.merge_patch(child["apiVersion"], kind, namespace, child_name, patch)
-        if found in (Ownership.OURS, Ownership.ADOPT):
+        if found is Ownership.OURS or (kind == "PersistentVolumeClaim" and self._our_claim(axj, obj)):
             return obj
         if found is Ownership.NAMESAKE:
             self.enqueue(namespace, name)  # the status says WaitingForCleanup once the Job is read
@@ -243,21 +255,48 @@ class Operator:
             else "delete or rename it, or give the AxolotlJob another name"
         )
         message = f"{describe(obj)} already exists where this job needs its {kind}; left untouched: {fix}"
-        self._block(key, Reason.CHILD_NAME_CONFLICT, message)
+        self._block(key, uid, Reason.CHILD_NAME_CONFLICT, message)
         raise kopf.TemporaryError(message, delay=CONFLICT_RECHECK_SECONDS)
+
+    # ---------------------------------------------------------------- the claim (it outlives the job)
+
+    def _record_claim(self, axj: Mapping[str, Any], claim: Mapping[str, Any]) -> None:
+        """Remember which claim the operator created for this AxolotlJob: in memory at once, and as an
+        annotation on the AxolotlJob (it has no owner reference to prove it later)."""
+        meta, claim_uid = axj["metadata"], str(claim["metadata"]["uid"])
+        with self._guard:
+            self._claims[meta["uid"]] = claim_uid
+        patch = {"metadata": {"annotations": {CLAIM_UID_ANNOTATION: claim_uid}}}
+        self.kube.merge_patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+
+    def _our_claim(self, axj: Mapping[str, Any], claim: Mapping[str, Any]) -> bool:
+        """The claim the operator created for this AxolotlJob (its uid is recorded). One created before
+        uids were recorded counts only if this AxolotlJob's own Job already exists (and mounts it)."""
+        meta, claim_uid = axj["metadata"], str(claim["metadata"].get("uid"))
+        with self._guard:
+            recorded = self._claims.get(meta["uid"])
+        recorded = recorded or (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION)
+        if recorded is not None:
+            return recorded == claim_uid
+        job = self.kube.get_job(meta["namespace"], meta["name"])
+        ours = job is not None and controlled_by(job, meta["uid"])
+        if not ours or not made_for(claim, meta["name"], meta["uid"]):
+            return False
+        self._record_claim(axj, claim)
+        return True
 
     # ---------------------------------------------------------------- blockers (shown in the status)
 
-    def _block(self, key: Key, reason: Reason, message: str) -> None:
+    def _block(self, key: Key, uid: str, reason: Reason, message: str) -> None:
         with self._guard:
-            self._blockers[key] = (reason, message)
+            self._blockers[key] = (uid, reason, message)
         self.queue.add(key)
 
     def _unblock(self, key: Key) -> None:
         with self._guard:
             self._blockers.pop(key, None)
 
-    def blocker(self, key: Key) -> tuple[Reason, str] | None:
+    def blocker(self, key: Key) -> tuple[str, Reason, str] | None:
         with self._guard:
             return self._blockers.get(key)
 

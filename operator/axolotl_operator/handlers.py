@@ -63,12 +63,14 @@ def pod_changed(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def axolotljob_seen(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     operator = _operator(memo)
+    obj = event.get("object") or {}
+    uid = (obj.get("metadata") or {}).get("uid")
     if event.get("type") == "DELETED":
         metrics.forget_job(namespace, name)
-        operator.forget(namespace, name)
+        operator.forget(namespace, name, uid)
         return
-    status = (event.get("object") or {}).get("status") or {}
+    status = obj.get("status") or {}
     metrics.observe_job(namespace, name, status)
-    operator.seen(namespace, name, status.get("phase"))
+    operator.seen(namespace, name, status.get("phase"), uid)
     if not status.get("phase"):
         operator.enqueue(namespace, name)  # never written yet (e.g. created while the operator was down)

@@ -2,10 +2,12 @@
 
 Why: a name is not proof. Anyone who can create ConfigMaps, Jobs or claims in the namespace could plant
 `<job>-config` or `<job>-data` before the job exists; adopting it would let the victim's pod train on the
-planted config with the victim's tokens, and deleting the job would delete the planted object. So the
-operator adopts only what it provably made for this AxolotlJob (its controller reference, or its labels
-plus the annotation carrying this AxolotlJob's uid), waits for what a deleted AxolotlJob of the same name
-still controls (the garbage collector removes it), and leaves everything else alone.
+planted config with the victim's tokens, and deleting the job would delete the planted object. Labels and
+annotations prove nothing either (anyone who can read the AxolotlJob's uid can write them). So the
+operator uses only what it provably made for this AxolotlJob: an object it controls (the owner reference
+is set at creation), or the claim whose uid it recorded on the AxolotlJob when it created it (see
+`controller`). It waits for what a deleted AxolotlJob of the same name still controls (the garbage
+collector removes it) and leaves everything else alone.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from .constants import COMPONENT, JOB_LABEL, OWNER_UID_ANNOTATION
 
 
 class Ownership(Enum):
-    OURS = "ours"  # controlled by this AxolotlJob (or, for the claim, made for it)
-    ADOPT = "adopt"  # made for this AxolotlJob but lost its owner reference: add it back
+    OURS = "ours"  # controlled by this AxolotlJob
     NAMESAKE = "namesake"  # controlled by a deleted AxolotlJob of the same name: wait for the GC
     FOREIGN = "foreign"  # anything else: never touched
 
@@ -36,7 +37,8 @@ def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def made_for(obj: Mapping[str, Any], job_name: str, uid: str) -> bool:
-    """Carries the labels and the owner-uid annotation the operator puts on this AxolotlJob's children."""
+    """Carries the labels and the owner-uid annotation the operator puts on this AxolotlJob's children
+    (a hint, not a proof: anyone who can read the AxolotlJob's uid can write them)."""
     meta = obj.get("metadata") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     return (
@@ -49,8 +51,8 @@ def made_for(obj: Mapping[str, Any], job_name: str, uid: str) -> bool:
 def ownership(existing: Mapping[str, Any], job_name: str, uid: str) -> Ownership:
     """How the operator may treat `existing`, found where AxolotlJob `job_name` (uid) wants a child."""
     controller = controller_of(existing)
-    if controller is None:
-        return Ownership.ADOPT if made_for(existing, job_name, uid) else Ownership.FOREIGN
+    if controller is None:  # labels and annotations are anyone's to write (the uid is readable): no proof
+        return Ownership.FOREIGN
     if controller.get("uid") == uid:
         return Ownership.OURS
     if (controller.get("apiVersion"), controller.get("kind"), controller.get("name")) == (

@@ -82,6 +82,7 @@ class Report:
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     final: bool = False
+    job_uid: str | None = None  # the AxolotlJob the sender was authorized for (set by the endpoint)
 
 
 @dataclass(frozen=True)

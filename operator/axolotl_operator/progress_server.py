@@ -22,6 +22,7 @@ update per job and interval); this endpoint writes nothing itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
@@ -156,7 +157,7 @@ class ProgressServer:
         self._by_address = RateLimiter(per_address)
         self._by_token = RateLimiter(per_token)
         self._identities: Expiring[str, Identity | Denied] = Expiring()
-        self._authorized: Expiring[tuple[str, str, str], Denied | bool] = Expiring()
+        self._authorized: Expiring[tuple[str, str, str], Denied | str] = Expiring()  # -> job uid
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -259,14 +260,14 @@ class ProgressServer:
         except PayloadError as exc:
             return Answer(400, str(exc))
         try:
-            await self._authorize(identity, digest, report)
+            uid = await self._authorize(identity, digest, report)
         except Denied as denied:
             return Answer(denied.status, denied.reason)
         except Exception as exc:
             where = f"{report.job_namespace}/{report.job_name}"
             log.warning("%s: cannot check a progress report's pod: %s", where, one_line(exc, token))
             return Answer(503, "the API server could not check the pod")
-        self.accept(report)
+        self.accept(dataclasses.replace(report, job_uid=uid))
         return Answer(202, "accepted")
 
     # ---------------------------------------------------------------- who sends, and may it report
@@ -286,16 +287,18 @@ class ProgressServer:
         if isinstance(known, Denied):
             raise Denied(known.status, known.reason)
         return known
+        return known
 
-    async def _authorize(self, identity: Identity, digest: str, report: Report) -> None:
-        """Whether the token's pod may report for the job, from the cache or the pod and Job checks."""
+    async def _authorize(self, identity: Identity, digest: str, report: Report) -> str:
+        """The uid of the AxolotlJob the token's pod may report for (from the cache or the pod and Job
+        checks), or Denied."""
         key = (digest, report.job_namespace, report.job_name)
         known = self._authorized.get(key, self.monotonic())
         if known is None:
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._pool, self._check, identity, report)
-                known, seconds = True, ALLOWED_SECONDS
+                known = await loop.run_in_executor(self._pool, self._check, identity, report)
+                seconds = ALLOWED_SECONDS
             except Denied as denied:
                 where = f"{report.job_namespace}/{report.job_name}"
                 log.info("%s: progress report refused (%d): %s", where, denied.status, denied.reason)
@@ -304,7 +307,7 @@ class ProgressServer:
         if isinstance(known, Denied):
             raise Denied(known.status, known.reason)
 
-    def _check(self, identity: Identity, report: Report) -> None:
+    def _check(self, identity: Identity, report: Report) -> str:
         """In a worker thread: read the token's pod, the AxolotlJob and its Job, and decide (pure)."""
         check_identity(identity, report)
         namespace = report.job_namespace
@@ -313,6 +316,8 @@ class ProgressServer:
         axj = self.kube.get_axolotljob(namespace, report.job_name)
         job = self.kube.get_job(namespace, Names.of(report.job_name).job)
         authorize(identity, report, pod, job, axj)
+        assert axj is not None  # authorize ensured it
+        return str(axj["metadata"]["uid"])
 
 
 def one_line(error: BaseException, secret: str | None = None, limit: int = 300) -> str:

@@ -39,7 +39,7 @@ class StatusWriter:
         self,
         kube: KubeApi,
         facts: Callable[[Mapping[str, Any]], JobFacts],
-        blocker: Callable[[Key], tuple[Reason, str] | None] = lambda key: None,
+        blocker: Callable[[Key], tuple[str, Reason, str] | None] = lambda key: None,
         gone: Callable[[Key], None] = lambda key: None,
         progress_interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -84,7 +84,10 @@ class StatusWriter:
             return None
         facts = self.facts(axj)
         job, pods, foreign = self._children(axj, facts)
-        result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign, blocker=self.blocker(key))
+        uid = axj["metadata"].get("uid")
+        blocked = self.blocker(key)  # (uid, reason, message): only this AxolotlJob's, not a namesake's
+        blocker = blocked[1:] if blocked and blocked[0] == uid else None
+        result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign, blocker=blocker)
         status = dict(axj.get("status") or {})
         if result.changed(status):
             self._apply(key, result.status, STATUS_FIELD_MANAGER)
@@ -94,12 +97,11 @@ class StatusWriter:
         if result.progress_changed(status):
             self._apply(key, {"progress": result.progress}, PROGRESS_FIELD_MANAGER)
             status["progress"] = result.progress
-        return self._write_report(key, status)
+        return self._write_report(key, status, uid)
 
     def _children(self, axj: Obj, facts: JobFacts) -> tuple[Obj | None, list[Obj], Obj | None]:
-        """(this AxolotlJob's Job, its pods, a previous AxolotlJob's Job of the same name)."""
-        if facts.spec_errors:
-            return None, [], None
+        """(this AxolotlJob's Job, its pods, a previous AxolotlJob's Job of the same name). Read even when
+        the spec is invalid now: an invalid edit of a running job must not hide the Job that still runs."""
         meta = axj["metadata"]
         job = self.kube.get_job(meta["namespace"], Names.of(meta["name"]).job)
         if job is None:
@@ -116,12 +118,12 @@ class StatusWriter:
             if exc.status != 404:  # deleted meanwhile: nothing to write
                 raise
 
-    def _write_report(self, key: Key, status: Mapping[str, Any]) -> float | None:
+    def _write_report(self, key: Key, status: Mapping[str, Any], uid: str | None) -> float | None:
         with self._lock:
             report = self._reports.get(key)
             if report is None:
                 return None
-            if not is_newer(report, status):
+            if (report.job_uid is not None and report.job_uid != uid) or not is_newer(report, status):
                 del self._reports[key]
                 return None
             at = self.clock()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -65,10 +66,15 @@ class WorkQueue:
     def every(self, interval: float, keys: Callable[[], Iterable[Hashable]]) -> None:
         """Re-add `keys()` every `interval` seconds until stopped (the resync)."""
 
+        interval = self._delay(interval) if not math.isfinite(interval) else max(interval, 0.001)
+
         def loop() -> None:
             while not self._stopped.wait(interval):
-                for key in list(keys()):
-                    self.add(key)
+                try:
+                    for key in list(keys()):
+                        self.add(key)
+                except Exception as exc:  # the safety net must not die of one bad round
+                    log.warning("%s: resync failed: %s", self._name, exc)
 
         thread = threading.Thread(target=loop, name=f"{self._name}-resync", daemon=True)
         thread.start()
@@ -84,9 +90,16 @@ class WorkQueue:
 
     # ---------------------------------------------------------------- producers
 
+    def _delay(self, seconds: float | None) -> float:
+        """A delay in [0, max_delay]: a huge, infinite or NaN one must not stall (or kill) the workers."""
+        if seconds is None or not math.isfinite(seconds):
+            return self._max_delay
+        return min(max(0.0, seconds), self._max_delay)
+
     def add(self, key: Hashable, delay: float = 0.0) -> None:
-        """Process `key` after `delay` seconds (or sooner, if it is already due sooner)."""
-        due = self._clock() + max(0.0, delay)
+        """Process `key` after `delay` seconds (or sooner, if it is already due sooner); delays are capped
+        at `max_delay`."""
+        due = self._clock() + self._delay(delay)
         with self._cond:
             if self._stopped.is_set():
                 return
@@ -156,9 +169,10 @@ class WorkQueue:
             later: float | None = None
             try:
                 later = self._process(key)
-            except Exception as exc:
+            except BaseException as exc:  # whatever happens, the key is released and retried
                 error = exc
-            self._done(key, error, later)
+            finally:
+                self._done(key, error, later)
 
     def _done(self, key: Hashable, error: BaseException | None, later: float | None) -> None:
         now = self._clock()
@@ -176,11 +190,14 @@ class WorkQueue:
                 if again is not None:
                     self._push(key, again)
                 if later is not None:
-                    self._push(key, now + later)
+                    self._push(key, now + self._delay(later))
             self._cond.notify_all()
         if error is not None:
             if self._on_error is not None:
-                self._on_error(key, error, failures, delay)
+                try:
+                    self._on_error(key, error, failures, delay)
+                except Exception as exc:
+                    log.warning("%s: error handler failed for %s: %s", self._name, key, exc)
             else:
                 log.warning(
                     "%s: %s failed (%d in a row), retrying in %.1fs: %s",

@@ -3,6 +3,7 @@ by its TTL, status retried after API errors, progress rate-limited under its own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime
@@ -116,13 +117,80 @@ def test_an_object_planted_under_a_childs_name_is_never_taken_over(kube, make_op
     assert status_of(kube)["reason"] == "Starting"
 
 
-def test_a_child_made_for_this_job_that_lost_its_owner_reference_is_adopted(kube, make_operator):
+def test_labels_and_the_public_uid_are_no_proof_of_ownership(kube, make_operator):
+    # Anyone who can read the AxolotlJob can copy its uid into a planted object's annotation.
     operator = make_operator()
     axj = stored_axj(kube)
-    kube.put(planted("ConfigMap", "demo-config", **ours(axj["metadata"]["uid"])))
+    forged = kube.put(planted("ConfigMap", "demo-config", **ours(axj["metadata"]["uid"])))
+    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+        operator.reconcile(axj, NS, NAME)
+    assert kube.find("v1", "ConfigMap", NS, "demo-config") == forged
+    assert kube.find("batch/v1", "Job", NS, NAME) is None
+
+
+def test_the_claim_is_known_by_the_uid_recorded_when_it_was_created(kube, make_operator):
+    first = make_operator()
+    axj = stored_axj(kube)
+    first.reconcile(axj, NS, NAME)
+    claim = kube.find("v1", "PersistentVolumeClaim", NS, "demo-data")
+    stored = kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)
+    assert stored["metadata"]["annotations"]["axolotl.ai/claim-uid"] == claim["metadata"]["uid"]
+    # A restarted operator (nothing in memory) recognises it from the annotation.
+    second = make_operator()
+    second.reconcile(stored, NS, NAME)
+    settle(second)
+    assert status_of(kube)["reason"] == "Starting"
+
+
+def test_a_claim_from_before_uids_were_recorded_counts_only_with_the_jobs_own_job(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    uid = axj["metadata"]["uid"]
+    claim = kube.put(planted("PersistentVolumeClaim", "demo-data", **ours(uid)))
+    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+        operator.reconcile(axj, NS, NAME)  # no Job of this AxolotlJob yet: could be planted
+    kube.put(kube_job(axj))  # an older operator made the claim, then this job's Job that mounts it
+    operator._unblock((NS, NAME))
     operator.reconcile(axj, NS, NAME)
-    refs = kube.find("v1", "ConfigMap", NS, "demo-config")["metadata"]["ownerReferences"]
-    assert [(r["uid"], r["controller"]) for r in refs] == [(axj["metadata"]["uid"], True)]
+    stored = kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)
+    assert stored["metadata"]["annotations"]["axolotl.ai/claim-uid"] == claim["metadata"]["uid"]
+
+
+def test_an_invalid_edit_of_a_running_job_does_not_fail_it(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    kube.merge_patch(
+        "axolotl.ai/v1alpha1",
+        "AxolotlJob",
+        NS,
+        NAME,
+        {"spec": {"queueName": "bad queue!"}, "metadata": {"generation": 2}},
+    )
+    operator.enqueue(NS, NAME)
+    settle(operator)
+    status = status_of(kube)
+    assert (status["phase"], status["reason"]) == ("Pending", "Starting")  # as its Job says
+    assert "not applied" in status["message"] and "spec.queueName" in status["message"]
+    assert status["jobName"] == NAME and status["claimName"] == "demo-data"
+
+
+def test_a_namesakes_leftovers_never_reach_a_new_job_of_the_same_name(kube, make_operator):
+    operator = make_operator()
+    old = stored_axj(kube)
+    operator.seen(NS, NAME, "Running", old["metadata"]["uid"])
+    stale = report(900, second=30)
+    operator.writer.offer(dataclasses.replace(stale, job_uid=old["metadata"]["uid"]))  # not yet written
+    kube.delete("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)
+    new = stored_axj(kube)  # re-created: another uid
+    operator.seen(NS, NAME, None, new["metadata"]["uid"])
+    operator.forget(NS, NAME, old["metadata"]["uid"])  # the old one's DELETED event, arriving late
+    with operator._guard:
+        assert operator._uids[(NS, NAME)] == new["metadata"]["uid"]  # not forgotten
+    operator.reconcile(new, NS, NAME)
+    settle(operator)
+    assert "progress" not in status_of(kube) and 900 not in progress_writes(kube)
 
 
 def test_a_child_the_api_server_refuses_fails_the_job_without_retrying(kube, make_operator):

@@ -158,3 +158,35 @@ def test_every_readds_the_keys_it_is_given(queues):
     queue = make(queues, process)
     queue.every(0.01, lambda: ["h"])
     assert seen.wait(5)
+
+
+@pytest.mark.parametrize("later", [float("inf"), float("nan"), 1e12, -5.0])
+def test_odd_delays_are_capped_and_never_kill_the_workers(queues, later):
+    runs: list[str] = []
+
+    def process(key):
+        runs.append(key)
+        return later if len(runs) == 1 else None
+
+    queue = make(queues, process, workers=1, max_delay=0.01)
+    queue.add("x", delay=later)
+    assert queue.drain(5)
+    assert runs == ["x", "x"]  # ran, asked for an odd delay, ran again within max_delay
+    queue.add("y")
+    assert queue.drain(5) and runs[-1] == "y"  # the worker is alive
+
+
+def test_an_error_handler_that_raises_does_not_kill_the_worker(queues):
+    def boom(key, error, failures, delay):
+        raise RuntimeError("handler bug")
+
+    outcomes = iter([RuntimeError("first"), None])
+
+    def process(key):
+        outcome = next(outcomes, None)
+        if outcome is not None:
+            raise outcome
+
+    queue = make(queues, process, workers=1, on_error=boom)
+    queue.add("z")
+    assert queue.drain(5)

@@ -91,10 +91,10 @@ def compute_status(
             previous.get("conditions") or [], obs, _created(previous, job, facts, names), generation, now
         ),
     )
-    if not facts.spec_errors:
+    if not facts.spec_errors or job is not None:
         status.job_name = names.job
         status.config_map_name = names.config_map
-        status.claim_name = facts.claim_name
+        status.claim_name = facts.claim_name or previous.get("claimName")
         status.attempts = _attempts(previous, job, pods)
         status.start_time = get(job, "status", "startTime") or previous.get("startTime")
         status.outputs = _outputs(previous, obs.summary, facts)
@@ -109,7 +109,7 @@ def compute_status(
 
 
 def _created(previous: Obj, job: Obj | None, facts: JobFacts, names: Names) -> tuple[bool, Reason, str]:
-    if facts.spec_errors:
+    if facts.spec_errors and job is None:
         return False, Reason.INVALID_SPEC, "nothing was created: the spec is invalid"
     if job is not None:
         return True, Reason.JOB_CREATED, f"created Job {names.job} and ConfigMap {names.config_map}"

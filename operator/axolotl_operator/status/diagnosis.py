@@ -191,6 +191,10 @@ def job_failure(observed: Observed, failure: Obj, facts: JobFacts) -> Observatio
     )
 
 
+def invalid_edit_note(errors: Sequence[str]) -> str:
+    return clip("the last spec change is invalid and was not applied: " + "; ".join(errors), 1000)
+
+
 def invalid_spec_message(errors: Sequence[str]) -> str:
     return clip(
         "the spec is invalid, nothing was created: "

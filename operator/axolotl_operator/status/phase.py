@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from ..api.status import TERMINAL_PHASES, Phase, Reason
 from .children import Obj, Observed, get, summary_of
-from .diagnosis import invalid_spec_message, job_failure, pod_problem, retry_note, success_message
+from .diagnosis import (
+    invalid_edit_note,
+    invalid_spec_message,
+    job_failure,
+    pod_problem,
+    retry_note,
+    success_message,
+)
 from .model import JobFacts, Observation
 
 
@@ -28,7 +35,9 @@ Rule = Callable[[Inputs], Observation | None]
 
 
 def _invalid_spec(i: Inputs) -> Observation | None:
-    if not i.facts.spec_errors:
+    """Nothing could be created. (An invalid edit of a job whose Job exists is not a failure: the Job
+    goes on as it was, and the message says the edit was not applied.)"""
+    if not i.facts.spec_errors or i.observed.job is not None:
         return None
     return Observation(Phase.FAILED, Reason.INVALID_SPEC, invalid_spec_message(i.facts.spec_errors))
 
@@ -169,11 +178,12 @@ def observe(
 ) -> Observation:
     """The phase, reason and message: the first rule that applies, else waiting for the pod."""
     inputs = Inputs(previous, observed, facts, blocker)
-    for _, rule in RULES:
-        found = rule(inputs)
-        if found is not None:
-            return found
-    return _waiting_for_pod(inputs)
+    found = next((obs for obs in map(lambda rule: rule[1](inputs), RULES) if obs is not None), None)
+    found = found or _waiting_for_pod(inputs)
+    if facts.spec_errors and observed.job is not None:
+        note = invalid_edit_note(facts.spec_errors)
+        found = Observation(found.phase, found.reason, f"{found.message}; {note}", found.summary)
+    return found
 
 
 def _reason(text: str) -> Reason:
