@@ -166,3 +166,61 @@ def test_odd_shapes_are_refused_naming_the_field_not_crashing(config, path):
 def test_thousands_of_unknown_keys_give_bounded_warnings():
     parsed = parse_job(manifest({f"unknown_key_{i}": i for i in range(5_000)}))
     assert len(parsed.warnings) == 51 and "4950 more" in parsed.warnings[-1].message
+
+
+@pytest.mark.parametrize(
+    "spec, path",
+    [
+        ({"backoffLimit": 2**31}, "spec.backoffLimit"),
+        ({"activeDeadlineSeconds": 2**70}, "spec.activeDeadlineSeconds"),
+        ({"storage": {"size": -1}}, "spec.storage.size"),
+        (
+            {"env": [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]},
+            "spec.env[0]",
+        ),
+        ({"podMetadata": {"labels": {"batch.kubernetes.io/controller-uid": "x"}}}, "spec.podMetadata.labels"),
+        ({"podMetadata": {"labels": {"axolotl.ai/job": "other"}}}, "spec.podMetadata.labels"),
+    ],
+)
+def test_more_values_the_api_server_or_the_job_controller_would_refuse(spec, path):
+    assert any(p.startswith(path) for p in paths(refused(manifest(**spec))))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"podMetadata": {"annotations": {"git-commit": "3f786850e387550fdab836ed7e6dc881de23001b"}}},
+        {"env": [{"name": "HF_HUB_DISABLE_IMPLICIT_TOKEN", "value": "1"}]},
+        {"config": {"mlflow_tracking_uri": "https://mlflow.example.com"}},
+    ],
+)
+def test_ordinary_values_are_not_mistaken_for_secrets(spec):
+    m = manifest()
+    m["spec"]["config"].update(spec.pop("config", {}))
+    m["spec"].update(spec)
+    parse_job(m)
+
+
+@pytest.mark.parametrize(
+    "spec, path",
+    [
+        (
+            {"config": {"hub_model_id": "https://ghp_abcdefghijklmnop@github.com/x"}},
+            "spec.config.hub_model_id",
+        ),
+        ({"env": [{"name": "TOKEN", "value": "abc"}]}, "spec.env[0].value"),
+        ({"env": [{"name": "GITHUB_PAT", "value": "abc"}]}, "spec.env[0].value"),
+    ],
+)
+def test_more_credentials_are_found(spec, path):
+    m = manifest()
+    m["spec"]["config"].update(spec.pop("config", {}))
+    m["spec"].update(spec)
+    assert paths(refused(m)) == [path]
+
+
+def test_a_url_password_in_a_trainer_error_is_masked():
+    from axolotl_operator.api.secrets_guard import redact
+
+    masked = redact("MlflowException: https://user:s3cretPass@mlflow.example.com/api refused")
+    assert "s3cretPass" not in masked and "mlflow.example.com" in masked

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from .config import AxolotlConfig
@@ -20,6 +20,7 @@ SHORT_NAMES = ("axj",)
 CATEGORIES = ("axolotl",)
 # Leaves room for the suffixes of child names and for the Job's pod names (<name>-<index>-xxxxx <= 63).
 MAX_NAME_LENGTH = 50
+INT32_MAX = 2**31 - 1  # the Job's counters and durations are int32 in the API
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
@@ -83,6 +84,12 @@ class EnvVar(KubeModel):
     value: str | None = field("Literal value. Use valueFrom.secretKeyRef (or spec.secrets) for secrets.")
     value_from: dict[str, Any] | None = field("Source of the value, as in a Pod's env[].valueFrom.")
 
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set value or valueFrom, not both")
+        return self
+
 
 class LocalObjectReference(KubeModel):
     name: DnsSubdomain = Field(description="Name of the referenced object.")
@@ -107,10 +114,14 @@ class AxolotlJobSpec(KubeModel):
     env: list[EnvVar] | None = field("Extra environment variables for the trainer.")
     suspend: bool = field("Suspend the job: running pods stop; false resumes it.", default=False)
     queue_name: LabelValue | None = field("Kueue LocalQueue; the job waits suspended until Kueue admits it.")
-    backoff_limit: int = field("Pod retries before the job fails; retries resume from a checkpoint.", 3, ge=0)
-    active_deadline_seconds: int | None = field("Fail the job after this many seconds of running.", ge=1)
+    backoff_limit: int = field(
+        "Pod retries before the job fails; retries resume from a checkpoint.", 3, ge=0, le=INT32_MAX
+    )
+    active_deadline_seconds: int | None = field(
+        "Fail the job after this many seconds of running.", ge=1, le=INT32_MAX
+    )
     ttl_seconds_after_finished: int | None = field(
-        "Delete the finished Job (not the data) after N seconds.", ge=0
+        "Delete the finished Job (not the data) after N seconds.", ge=0, le=INT32_MAX
     )
     node_selector: dict[LabelKey, LabelValue] | None = field("Node labels the training pods must match.")
     tolerations: list[dict[str, Any]] | None = field("Tolerations of the training pods.")

@@ -38,16 +38,24 @@ CREDENTIAL_KEY = re.compile(
     r"(^|_)(api_?key|secret(_access)?_key|secret|password|passwd|access_key(_id)?|auth_token)$", re.IGNORECASE
 )
 SECRET_ENV_NAMES = frozenset({Env.HF_TOKEN, "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", Env.WANDB_API_KEY})
-SECRET_ENV_NAME = re.compile(r"_TOKEN$|SECRET|_API_?KEY$|PASSWORD|PASSWD|_CREDENTIALS?$", re.IGNORECASE)
+SECRET_ENV_NAME = re.compile(
+    r"(^|_)TOKEN$|SECRET|_API_?KEY$|PASSWORD|PASSWD|_CREDENTIALS?$|_PAT$", re.IGNORECASE
+)
+# A secret-named variable set to one of these is a switch (HF_HUB_DISABLE_IMPLICIT_TOKEN=1), not a secret.
+SETTING_VALUES = frozenset({"0", "1", "true", "false", "yes", "no", "on", "off"})
 HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 WANDB_KEY_VALUE = re.compile(r"^(local-)?[0-9a-f]{40}$|^[A-Za-z0-9]{3,}-v1-[A-Za-z0-9_-]{40,}$")
 # Bounded repeats: a megabyte of letters must not make the scan quadratic.
-URL_WITH_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,31}://[^/\s:@]{0,256}:[^/\s@]{1,256}@")
+URL_WITH_PASSWORD = re.compile(  # user:password@, or a token as the user name
+    r"\b[A-Za-z][A-Za-z0-9+.-]{0,31}://"
+    r"([^/\s:@]{0,256}:[^/\s@]{1,256}|(ghp|gho|ghs|github_pat|glpat|hf)_[^/\s:@]{8,256})@"
+)
 # A 40-hex string is also a git commit id; only suspect it under a key that sounds like a credential.
 CREDENTIAL_KEY_HINT = re.compile(r"wandb|token|key|secret|password|credential", re.IGNORECASE)
 
 LOG_TOKEN = re.compile(
-    r"\bhf_[A-Za-z0-9]{30,}\b"  # Hugging Face
+    r"(?<=://)[^/\s:@]{0,256}:[^/\s@]{1,256}(?=@)"  # a URL's user:password
+    r"|\bhf_[A-Za-z0-9]{30,}\b"  # Hugging Face
     r"|\b(local-)?[0-9a-f]{40}\b|\b[A-Za-z0-9]{3,}-v1-[A-Za-z0-9_-]{40,}"  # W&B (and git SHAs: a fair price)
 )
 
@@ -104,7 +112,8 @@ def _env_issues(env: Any) -> Iterator[FieldIssue]:
             continue
         name = str(var.get("name", ""))
         path = join_path("spec.env", index, "value")
-        if name.upper() in SECRET_ENV_NAMES or SECRET_ENV_NAME.search(name):
+        setting = str(var["value"]).strip().lower() in SETTING_VALUES
+        if name.upper() in SECRET_ENV_NAMES or (SECRET_ENV_NAME.search(name) and not setting):
             yield FieldIssue(path, f"{name} must not be a literal value; {ENV_FIX}")
         elif looks_like_secret(name, var["value"]):
             yield FieldIssue(path, f"the value of {name} looks like an access token; {ENV_FIX}")
@@ -122,9 +131,7 @@ def _metadata_issues(spec: Mapping[str, Any]) -> Iterator[FieldIssue]:
         for key, value in (mapping or {}).items() if isinstance(mapping, Mapping) else ():
             if token_shaped(str(key)):
                 yield FieldIssue(f"{base}[<key>]", f"a key looks like an access token; {FIX}")
-            elif looks_like_secret(str(key), value) or (
-                isinstance(value, str) and WANDB_KEY_VALUE.match(value)
-            ):
+            elif looks_like_secret(str(key), value):
                 yield FieldIssue(join_path(base, str(key)), f"this value looks like an access token; {FIX}")
     queue = spec.get("queueName")
     if isinstance(queue, str) and token_shaped(queue):

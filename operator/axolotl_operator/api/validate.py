@@ -30,6 +30,8 @@ RESERVED_ENV = frozenset(v for k, v in vars(Env).items() if not k.startswith("_"
     "LD_PRELOAD",
     "LD_AUDIT",
 }
+RESERVED_LABEL_PREFIXES = ("axolotl.ai/", "batch.kubernetes.io/", "app.kubernetes.io/")
+RESERVED_LABELS = frozenset({"controller-uid", "job-name", "kueue.x-k8s.io/queue-name"})
 MAX_UNKNOWN_WARNINGS = 50
 MAX_DEPTH = 64  # Axolotl configs nest a few levels; hundreds only crash recursive code
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and the operator's defaults.
@@ -88,6 +90,7 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
     if job is not None:
         errors.extend(_cross_field_issues(job))
         errors.extend(_reserved_env_issues(job))
+        errors.extend(_reserved_label_issues(job))
         errors.extend(_config_size_issues(translation.config))
         warnings.extend(_missing_secret_warnings(job))
     warnings.extend(_unknown_key_warnings(translation.config))
@@ -218,6 +221,18 @@ def _reserved_env_issues(job: AxolotlJob) -> list[FieldIssue]:
         elif var.name in RESERVED_ENV:
             issues.append(FieldIssue(path, f"{var.name} is set by the operator for the trainer; remove it"))
     return issues
+
+
+def _reserved_label_issues(job: AxolotlJob) -> list[FieldIssue]:
+    """Labels the operator and the Job controller put on the pods select them; a user's would break that."""
+    labels = (job.spec.pod_metadata.labels if job.spec.pod_metadata else None) or {}
+    return [
+        FieldIssue(
+            join_path("spec.podMetadata.labels", key), "set by the operator or the Job controller; remove it"
+        )
+        for key in labels
+        if key.startswith(RESERVED_LABEL_PREFIXES) or key in RESERVED_LABELS
+    ]
 
 
 def _config_size_issues(config: Mapping[str, Any]) -> list[FieldIssue]:
