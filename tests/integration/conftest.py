@@ -30,6 +30,7 @@ Fake kubelet knobs (pod annotations, see tests/kubeenv/README.md): ``kwok.axolot
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -133,6 +134,26 @@ def wait_condition(ref: str, type_: str, namespace: str | None = None, timeout: 
         return obj if c and c.get("status") == "True" else None
 
     return wait_for(check, timeout=timeout, what=f"{ref} condition {type_}=True")
+
+
+def listening_addresses(pid: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Local addresses of the TCP sockets a process listens on (from /proc, no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = str(fd.readlink()) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, size in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(local.split(":")[0])
+                # /proc prints each 32-bit word in host (little-endian) order.
+                words = [raw[i:i + 4][::-1] for i in range(0, size, 4)]
+                found.append(ipaddress.ip_address(b"".join(words)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -260,3 +281,9 @@ def wait_condition_fixture(kubeenv: KubeEnv) -> Callable[..., dict[str, Any]]:
 def helm() -> Path:
     """A real helm binary (fetched once into ~/.cache/axolotl-operator/bin), also put on PATH."""
     return _put_on_path("helm", "--path")
+
+
+@pytest.fixture(name="listening_addresses")
+def listening_addresses_fixture() -> Callable[[int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    """``listening_addresses(pid)``: the local addresses a process listens on, read from /proc."""
+    return listening_addresses

@@ -276,27 +276,7 @@ def test_helm_installs_and_uninstalls_a_chart(namespace, helm, kubectl, kubectl_
     assert not kubectl("get", "configmap", "demo-cm", "-n", namespace, "--ignore-not-found")
 
 
-def listening_addresses(pid: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Local addresses of the TCP sockets a process listens on (from /proc, no tools needed)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = str(fd.readlink()) if fd.is_symlink() else ""
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
-    for table, size in (("tcp", 4), ("tcp6", 16)):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and inode in inodes:  # 0A: LISTEN
-                raw = bytes.fromhex(local.split(":")[0])
-                # /proc prints each 32-bit word in host (little-endian) order.
-                words = [raw[i:i + 4][::-1] for i in range(0, size, 4)]
-                found.append(ipaddress.ip_address(b"".join(words)))
-    return found
-
-
-def test_control_plane_listens_on_loopback_only(kubeconfig):
+def test_control_plane_listens_on_loopback_only(kubeconfig, listening_addresses):
     pid = int((kubeconfig.parent / "pid").read_text())
     addresses = listening_addresses(pid)
     assert len(addresses) >= 3  # etcd client + peer, kube-apiserver

@@ -51,6 +51,7 @@ JOB_LABEL = "axolotl.ai/job"
 #   alone never yields a 410 within a test's time. Custom resources have no per-resource switch
 #   (`--watch-cache-sizes` is ignored for them), hence the global one, on this control plane only.
 FAULTS_APISERVER_ARGS = "--enable-priority-and-fairness=true --watch-cache=false"
+listening_addresses = _helpers.listening_addresses
 
 
 def faults_state_dir() -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from faults_support import (
+    FAULTS_APISERVER_ARGS,
     LOOPBACK,
     Etcd,
     TcpProxy,
@@ -39,6 +40,7 @@ from faults_support import (
     flow_control_counts,
     http_get,
     kubeconfig_for,
+    listening_addresses,
     metric_samples,
     raw_watch,
     ready_info,
@@ -132,6 +134,24 @@ def proxied_kubeconfig(kubeconfig: Path, proxy: TcpProxy, path: Path) -> Path:
     cert = verified_peer_cert(proxy.port, ca_pem(kubeconfig))
     assert ("IP Address", LOOPBACK) in cert["subjectAltName"], cert["subjectAltName"]
     return kubeconfig_for(kubeconfig, path, server=f"https://{LOOPBACK}:{proxy.port}")
+
+
+# ---------------------------------------------------------------- containment (read, not probed)
+
+
+def test_the_fault_control_plane_and_proxy_stay_on_loopback(kubeconfig, api_proxy):
+    """The extra apiserver flags change nothing about where this control plane listens, and the proxy
+    in front of it is loopback-only too: every socket it or the test opens is on 127.0.0.0/8."""
+    pid = int((kubeconfig.parent / "pid").read_text())
+    cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    assert [a for a in cmdline if a.startswith("--apiserver-arg=")] == [
+        f"--apiserver-arg={flag}" for flag in FAULTS_APISERVER_ARGS.split()
+    ]
+    addresses = listening_addresses(pid)
+    assert len(addresses) >= 3 and all(a.is_loopback for a in addresses), addresses
+    ours = listening_addresses(os.getpid())  # the proxy listens in this test process
+    assert ours and all(a.is_loopback for a in ours), ours
+    assert Etcd(ready_info(kubeconfig)["etcd"]).url.startswith(f"http://{LOOPBACK}:")
 
 
 # ---------------------------------------------------------------- helpers
