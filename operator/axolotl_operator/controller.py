@@ -28,6 +28,7 @@ from .progress import Report
 from .render import job_updates, render
 from .settings import OperatorSettings
 from .status import JobFacts, facts_of, facts_of_error
+from .status.diagnosis import clip
 from .status_writer import Key, StatusWriter
 from .workqueue import WorkQueue
 
@@ -301,7 +302,6 @@ class Operator:
             return self._blockers.get(key)
 
 
-def _short(error: BaseException, limit: int = 500) -> str:
-    """One line of an error for the status: its type when it has no message, bounded."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(error: BaseException) -> str:
+    """An error for the status: one line, token-looking text masked, bounded; its type if it says nothing."""
+    return clip(str(error) or type(error).__name__, 500)

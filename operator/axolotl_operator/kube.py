@@ -13,7 +13,6 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
@@ -21,6 +20,7 @@ from kubernetes import client, config
 
 from .api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from .constants import COMPONENT
+from .trainer_contract import utc_now
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -49,11 +49,6 @@ class ApiError(Exception):
         self.body = body
         message = body.get("message") if isinstance(body, Mapping) else str(body)[:500]
         super().__init__(f"{status} {reason}: {message}")
-
-
-def now() -> str:
-    """RFC 3339 UTC, second precision, as Kubernetes writes times."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def path_of(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str = "") -> str:
@@ -218,7 +213,7 @@ class Kube:
     def event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on the AxolotlJob (what `kubectl describe axj` shows)."""
         meta = owner["metadata"]
-        stamp = now()
+        stamp = utc_now()
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -21,11 +21,11 @@ from typing import Any
 from . import metrics
 from .api.status import OWNED_STATUS_KEYS, PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER, Reason
 from .constants import CONTROLLER_UID_LABEL, Names
-from .kube import ApiError, KubeApi, Obj, now
+from .kube import ApiError, KubeApi, Obj
 from .ownership import controlled_by
 from .progress import Report, is_newer, newest, to_progress
 from .status import JobFacts, StatusResult, Transition, compute_status
-from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS
+from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS, utc_now
 
 log = logging.getLogger("axolotl_operator")
 
@@ -87,7 +87,7 @@ class StatusWriter:
         uid = axj["metadata"].get("uid")
         blocked = self.blocker(key)  # (uid, reason, message): only this AxolotlJob's, not a namesake's
         blocker = blocked[1:] if blocked and blocked[0] == uid else None
-        result = compute_status(axj, job, pods, facts, now(), foreign_job=foreign, blocker=blocker)
+        result = compute_status(axj, job, pods, facts, utc_now(), foreign_job=foreign, blocker=blocker)
         status = dict(axj.get("status") or {})
         if result.changed(status):
             self._apply(key, result.status, STATUS_FIELD_MANAGER)

@@ -138,11 +138,6 @@ def _metadata_issues(spec: Mapping[str, Any]) -> Iterator[FieldIssue]:
         yield FieldIssue("spec.queueName", f"this value looks like an access token; {FIX}")
 
 
-def find_inline_secrets(config: Any, env: Any, config_base: str = "spec.config") -> list[FieldIssue]:
-    """Every place in the config or the extra env that holds a credential (at most MAX_ISSUES)."""
-    return _bounded([*_config_issues(config, config_base), *_env_issues(env)])
-
-
 def find_spec_secrets(spec: Mapping[str, Any]) -> list[FieldIssue]:
     """Every place in an AxolotlJob's spec that holds a credential (at most MAX_ISSUES)."""
     found = [

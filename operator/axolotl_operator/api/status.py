@@ -24,10 +24,6 @@ class Phase(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
 
-    @property
-    def terminal(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
-
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
