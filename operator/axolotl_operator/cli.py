@@ -14,7 +14,7 @@ import yaml
 from . import __version__
 from .api import KIND, SpecError, parse_job
 from .api.secrets_guard import redact
-from .convert import ConvertError, convert, value_kind
+from .convert import ConvertError, convert
 from .crd import crd_yaml
 from .render import render
 from .settings import OperatorSettings
@@ -75,30 +75,9 @@ def _name(manifest: Mapping[str, Any]) -> str:
     return name if isinstance(name, str) and name else "?"
 
 
-def _shape_errors(manifest: Mapping[str, Any]) -> list[str]:
-    """Top-level fields of the wrong type, named with the fix, before the model sees them."""
-    expected = {
-        "metadata": (Mapping, "a mapping such as {name: my-job}"),
-        "spec": (Mapping, "a mapping with config (the Axolotl config), e.g. {config: {base_model: ...}}"),
-    }
-    return [
-        f"{key}: expected {what}, got {value_kind(manifest[key])}"
-        for key, (types, what) in expected.items()
-        if key in manifest and not isinstance(manifest[key], types)
-    ]
-
-
 def _warn(source: str, warnings: Sequence[Any], stream: TextIO) -> None:
     for warning in warnings:
         print(f"{source}: warning: {warning}", file=stream)
-
-
-def _refused(source: str, manifest: Mapping[str, Any]) -> bool:
-    """Print the top-level shape errors of `manifest`; True when there were any."""
-    errors = _shape_errors(manifest)
-    for error in errors:
-        print(f"{source}: error: {error}", file=sys.stderr)
-    return bool(errors)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -115,9 +94,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed = True
         for manifest in jobs:
             name = _name(manifest)
-            if _refused(f"{path}: {name}", manifest):
-                failed = True
-                continue
             try:
                 parsed = parse_job(manifest)
             except SpecError as exc:
@@ -139,8 +115,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"{args.file}: error: no {KIND} document found", file=sys.stderr)
         return 1
     for manifest in jobs:
-        if _refused(args.file, manifest):
-            return 1
         try:
             parsed = parse_job(manifest)
         except SpecError as exc:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .api.issues import value_kind
 from .api.job import API_VERSION, KIND, MAX_NAME_LENGTH
 from .api.secrets_guard import looks_like_secret, redact
 from .constants import JOB_LABEL
@@ -190,23 +191,6 @@ def _secret(
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def value_kind(value: Any) -> str:
-    """'a list', 'a number', ...: what the user wrote instead, without repeating the value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
 
 
 def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:

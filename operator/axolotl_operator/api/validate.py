@@ -16,12 +16,16 @@ from ..trainer_contract import Env
 from ..yamlio import dump
 from .compat import translate_config
 from .config import AxolotlConfig, Dataset
-from .issues import FieldIssue, SpecError, config_path, join_path
+from .issues import FieldIssue, SpecError, config_path, join_path, value_kind
 from .job import MAX_NAME_LENGTH, AxolotlJob
 from .known_keys import axolotl_keys, did_you_mean
 from .secrets_guard import find_spec_secrets
 
 RWX = "ReadWriteMany"
+TOP_LEVEL_MAPPINGS = {
+    "metadata": "a mapping such as {name: my-job}",
+    "spec": "a mapping with config (the Axolotl config), e.g. {config: {base_model: ...}}",
+}
 # What the operator sets in the trainer container is its contract with the runner, not the user's to
 # override (a changed progress URL or token file would send the pod's token elsewhere); tokens come
 # from Secret references only; the dynamic loader's hooks would run code inside the runner.
@@ -57,6 +61,13 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
         raise SpecError(
             [FieldIssue("(document)", "expected a YAML mapping with apiVersion, kind, metadata, spec")]
         )
+    shape = [
+        FieldIssue(key, f"expected {what}, got {value_kind(manifest[key])}")
+        for key, what in TOP_LEVEL_MAPPINGS.items()
+        if manifest.get(key) is not None and not isinstance(manifest[key], Mapping)
+    ]
+    if shape:
+        raise SpecError(shape)
     spec = manifest.get("spec")
     if not isinstance(spec, Mapping):
         raise SpecError([FieldIssue("spec", "required: the job's spec with at least spec.config.base_model")])
