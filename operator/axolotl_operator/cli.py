@@ -219,6 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="re-list AxolotlJobs and recompute unfinished ones this often (a safety net); 0 disables",
     )
+    hook = p.add_argument_group("admission webhook (bad specs refused at kubectl apply)")
+    hook.add_argument("--webhook-port", type=int, default=0, help="serve the validating webhook; 0 disables")
+    hook.add_argument("--webhook-address", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
+    hook.add_argument(
+        "--webhook-configuration",
+        default="axolotl-operator",
+        help="the ValidatingWebhookConfiguration's name",
+    )
+    hook.add_argument(
+        "--webhook-service",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="in a cluster: the Service in front of the webhook (its configuration is the chart's; the "
+        "operator sets the caBundle); unset: register a URL on --webhook-address (local runs)",
+    )
+    hook.add_argument(
+        "--webhook-cert-secret", default="", help="Secret that keeps the webhook's CA and certificate"
+    )
+    hook.add_argument(
+        "--webhook-cert-dir", default="", help="use tls.crt, tls.key, ca.crt from here (cert-manager)"
+    )
+    hook.add_argument(
+        "--webhook-failure-policy",
+        choices=("Fail", "Ignore"),
+        default="Fail",
+        help="of the local registration",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
     return parser

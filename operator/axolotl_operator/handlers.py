@@ -4,6 +4,8 @@
 - Job and pod events (filtered by the `axolotl.ai/job` label) and AxolotlJob events only enqueue the
   job's key: the status queue does the work and retries it, so a failed write is never lost (Kopf does
   not retry event handlers).
+- The validating admission handler (`admit`) is registered only when the webhook is on (`--webhook-port`):
+  Kopf refuses to start with admission handlers but no webhook server.
 - No timers, daemons or deletion handlers, so Kopf puts no finalizer on AxolotlJobs and deletion never
   waits for the operator. Handlers return None: Kopf writes nothing into .status (whose schema is ours).
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from . import metrics
+from . import admission, metrics
 from .api.job import GROUP, PLURAL, VERSION
 from .constants import JOB_LABEL
 from .controller import RETRY_DELAY, Operator
@@ -74,3 +76,22 @@ def axolotljob_seen(event: Mapping[str, Any], namespace: str, name: str, memo: k
     operator.seen(namespace, name, status.get("phase"), uid)
     if not status.get("phase"):
         operator.enqueue(namespace, name)  # never written yet (e.g. created while the operator was down)
+
+
+def admit(body: kopf.Body, old: kopf.Body | None, operation: str, warnings: list[str], **_: Any) -> None:
+    """Deny an invalid AxolotlJob at `kubectl apply` time; warn about translations and unknown keys."""
+    verdict = admission.review(operation, body, old)
+    warnings.extend(verdict.warnings)
+    if not verdict.allowed:
+        raise kopf.AdmissionError(verdict.message, code=422)
+
+
+def register_admission(registry: kopf.OperatorRegistry | None = None) -> None:
+    kopf.on.validate(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id=admission.HANDLER_ID,
+        operations=list(admission.OPERATIONS),
+        registry=registry,
+    )(admit)

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from . import (
-    handlers,  # noqa: F401  (importing it registers the Kopf handlers)
+    handlers,
     metrics,
 )
 from .api.job import GROUP
@@ -23,6 +23,7 @@ from .controller import RESYNC_SECONDS, Operator
 from .kube import Kube
 from .progress_server import ProgressServer
 from .settings import OperatorSettings
+from .webhook import Webhook, WebhookOptions
 
 FINALIZER = f"{GROUP}/finalizer"
 WATCH_SERVER_TIMEOUT = 300  # the API server closes each watch after this; Kopf re-lists and resumes
@@ -42,7 +43,11 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
-def configure_kopf(settings: kopf.OperatorSettings, workers: int = MAX_WORKERS) -> None:
+def configure_kopf(
+    settings: kopf.OperatorSettings,
+    workers: int = MAX_WORKERS,
+    webhook_server: kopf.WebhookServer | None = None,
+) -> None:
     """Kopf settings shared by the CLI and embedded runs."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -57,6 +62,8 @@ def configure_kopf(settings: kopf.OperatorSettings, workers: int = MAX_WORKERS) 
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = CONNECT_TIMEOUT
     settings.execution.max_workers = workers
+    settings.admission.server = webhook_server  # registration and certificates are webhook.py's, not Kopf's
+    settings.admission.managed = None
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -74,10 +81,11 @@ def run_operator(args: argparse.Namespace) -> int:
     operator = Operator(settings, kube, namespaces=tuple(namespaces), resync_seconds=resync).start()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
     progress = start_progress_server(args, settings, operator)
+    webhook = start_webhook(args, operator.kube, tuple(namespaces))
 
     @kopf.on.startup()
     def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, webhook_server=webhook[1] if webhook else None)
 
     logging.getLogger("axolotl_operator").info(
         "starting: watching %s; trainer image %s; GPU resource %s",
@@ -96,10 +104,35 @@ def run_operator(args: argparse.Namespace) -> int:
             memo=kopf.Memo(operator=operator),  # the handlers' way to the Operator
         )
     finally:
+        if webhook is not None:
+            webhook[0].stop()
         if progress is not None:
             progress.stop()
         operator.stop()
     return 0
+
+
+def start_webhook(
+    args: argparse.Namespace, kube: Kube, namespaces: tuple[str, ...]
+) -> tuple[Webhook, kopf.WebhookServer] | None:
+    """The validating webhook (`--webhook-port`, 0 = off): certificates, registration, Kopf's server."""
+    port = int(getattr(args, "webhook_port", 0) or 0)
+    if not port:
+        return None
+    options = WebhookOptions(
+        port=port,
+        address=getattr(args, "webhook_address", None) or "127.0.0.1",
+        configuration=getattr(args, "webhook_configuration", None) or "axolotl-operator",
+        service=getattr(args, "webhook_service", "") or "",
+        cert_secret=getattr(args, "webhook_cert_secret", "") or "",
+        cert_dir=getattr(args, "webhook_cert_dir", "") or "",
+        failure_policy=getattr(args, "webhook_failure_policy", None) or "Fail",
+        # A glob cannot be a namespaceSelector: then the webhook sees every namespace (and judges alike).
+        namespaces=() if any(c in n for n in namespaces for c in "*?[!") else namespaces,
+    )
+    handlers.register_admission()
+    webhook = Webhook(options, kube)
+    return webhook, webhook.start()
 
 
 def start_progress_server(

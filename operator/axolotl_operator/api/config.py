@@ -133,7 +133,7 @@ class AxolotlConfig(PassThrough):
     warmup_ratio: float | None = opt(
         "Warmup as a fraction of total steps (not with warmup_steps).", ge=0, lt=1
     )
-    learning_rate: float | None = opt("Peak learning rate, e.g. 2e-4.", gt=0)
+    learning_rate: float | None = opt("Peak learning rate, e.g. 0.0002.", gt=0)
     lr_quadratic_warmup: bool | None = opt("Warm the learning rate up quadratically instead of linearly.")
     logging_steps: PositiveInt | None = opt("Log metrics every N steps.")
     eval_steps: int | float | None = opt("Evaluate every N steps, or a fraction (<1) of total steps.", gt=0)
@@ -166,7 +166,7 @@ class AxolotlConfig(PassThrough):
     # LoRA / QLoRA
     adapter: Adapter | None = opt("Parameter-efficient method: lora or qlora; unset for a full fine-tune.")
     lora_model_dir: str | None = opt("Existing LoRA adapter to continue from.")
-    lora_r: PositiveInt | None = opt("LoRA rank.")
+    lora_r: PositiveInt | None = opt("LoRA rank, e.g. 16.")
     lora_alpha: PositiveInt | None = opt("LoRA scaling alpha.")
     lora_dropout: float | None = opt("Dropout on LoRA layers, in [0, 1).", ge=0, lt=1)
     lora_target_modules: list[str] | str | None = opt("Modules to adapt, e.g. [q_proj, v_proj].")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from ..trainer_contract import Env
 from ..yamlio import dump
@@ -19,6 +20,7 @@ from .config import AxolotlConfig, Dataset
 from .issues import FieldIssue, SpecError, config_path, join_path, value_kind
 from .job import MAX_NAME_LENGTH, AxolotlJob
 from .known_keys import axolotl_keys, did_you_mean
+from .messages import echo, example_from, humanize
 from .secrets_guard import find_spec_secrets
 
 RWX = "ReadWriteMany"
@@ -103,6 +105,7 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
         errors.extend(_reserved_env_issues(job))
         errors.extend(_reserved_label_issues(job))
         errors.extend(_config_size_issues(translation.config))
+        errors.extend(_quoted_scalar_issues(translation.config))
         warnings.extend(_missing_secret_warnings(job))
     warnings.extend(_unknown_key_warnings(translation.config))
     if errors:
@@ -132,6 +135,7 @@ def _pydantic_issues(exc: ValidationError) -> list[FieldIssue]:
         loc = [part for part in error["loc"] if not _is_union_tag(part)]
         path = join_path("", *loc) if loc else "(document)"
         message = error["msg"]
+        key = next((str(part) for part in reversed(loc) if isinstance(part, str)), "value")
         if error["type"] == "string_too_long" and loc[-2:] == ["metadata", "name"]:
             message = f"at most {MAX_NAME_LENGTH} characters (child objects and pods append suffixes)"
         elif error["type"] == "string_pattern_mismatch" and loc[-2:] == ["metadata", "name"]:
@@ -139,8 +143,47 @@ def _pydantic_issues(exc: ValidationError) -> list[FieldIssue]:
         elif error["type"] == "extra_forbidden":
             message = f"unknown field{did_you_mean(str(loc[-1]), _sibling_fields(loc))}"
         elif error["type"] == "literal_error":
-            message = f"{message}; got {error.get('input')!r}"
+            message = f"{message}; got {echo(error.get('input'))}"
+        else:
+            field = _field_at(loc)
+            example = example_from(field.description) if field is not None else None
+            message = humanize(error, key, example) or message
         issues.append(FieldIssue(path, message))
+    return issues
+
+
+def _scalar_types(annotation: Any) -> frozenset[type]:
+    """The plain scalar types an annotation such as `PositiveInt | None` admits (Annotated unwrapped)."""
+    if annotation in (bool, int, float, str):
+        return frozenset({annotation})
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return frozenset(type(arg) for arg in args)
+    if get_origin(annotation) is Annotated:
+        return _scalar_types(args[0])
+    return frozenset().union(*map(_scalar_types, args)) if args else frozenset()
+
+
+def _quoted_scalar_issues(config: Mapping[str, Any]) -> list[FieldIssue]:
+    """Strings where a boolean or number belongs: pydantic would coerce them, the CRD schema refuses them.
+
+    Refusing them here keeps the CLI, the webhook and the API server in agreement, and says why: YAML 1.1
+    (PyYAML, many editors) reads `yes` as true, Kubernetes reads YAML 1.2, where only true/false are.
+    """
+    fields = AxolotlConfig.model_fields
+    issues = []
+    for key, value in config.items():
+        field = fields.get(key)
+        if field is None or not isinstance(value, str):
+            continue
+        types = _scalar_types(field.annotation)
+        if str in types or not types:
+            continue
+        if types == {bool}:
+            message = f"must be true or false, got the string {echo(value)}; write true or false unquoted"
+        else:
+            message = f"must be a number, got the string {echo(value)}; write the number without quotes"
+        issues.append(FieldIssue(config_path(key), message))
     return issues
 
 
@@ -160,8 +203,8 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
 
-def _sibling_fields(loc: list[Any]) -> frozenset[str]:
-    """The field names allowed where an unknown field was found, for a did-you-mean hint."""
+def _model_at(loc: list[Any]) -> Any:
+    """The pydantic model that holds the field at `loc[-1]` (None when the path leaves the models)."""
     model: Any = AxolotlJob
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -169,7 +212,22 @@ def _sibling_fields(loc: list[Any]) -> frozenset[str]:
         info = {field.alias or name: field for name, field in model.model_fields.items()}.get(part)
         model = _model_in(info.annotation) if info else None
         if model is None:
-            return frozenset()
+            return None
+    return model
+
+
+def _field_at(loc: list[Any]) -> FieldInfo | None:
+    model = _model_at(loc) if loc else None
+    if model is None:
+        return None
+    return {field.alias or name: field for name, field in model.model_fields.items()}.get(loc[-1])
+
+
+def _sibling_fields(loc: list[Any]) -> frozenset[str]:
+    """The field names allowed where an unknown field was found, for a did-you-mean hint."""
+    model = _model_at(loc)
+    if model is None:
+        return frozenset()
     return frozenset(field.alias or name for name, field in model.model_fields.items())
 
 
