@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,38 @@ def run_once(count: int, timeout: float = 300) -> tuple[list[float], list[float]
     return [t - t0 for t in recorder.job_seen.values()], [t - t0 for t in recorder.succeeded.values()]
 
 
+@contextlib.contextmanager
+def control_plane() -> Iterator[None]:
+    """The local control plane (hack/kubeenv, state in bench-kubeenv) with KUBECONFIG pointing at it;
+    stopped afterwards only if started here."""
+    env = dict(
+        os.environ, KUBEENV_STATE_DIR=os.environ.get("KUBEENV_STATE_DIR", str(CACHE / "bench-kubeenv"))
+    )
+    kubeenv = str(ROOT / "hack/kubeenv")
+    started = subprocess.run([kubeenv, "status"], env=env, capture_output=True).returncode != 0
+    up = subprocess.run([kubeenv, "up"], env=env, capture_output=True, text=True, check=True)
+    os.environ["KUBECONFIG"] = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    try:
+        yield
+    finally:
+        if started:
+            subprocess.run([kubeenv, "down"], env=env, capture_output=True)
+
+
+def operator_argv(health_port: int, *extra: str) -> list[str]:
+    """`axolotl-operator run` from this venv, watching every namespace, liveness on `health_port`."""
+    return [
+        str(Path(sys.executable).parent / "axolotl-operator"),
+        "run",
+        "--all-namespaces",
+        "--liveness",
+        f"http://127.0.0.1:{health_port}/healthz",
+        "--metrics-port",
+        "0",
+        *extra,
+    ]
+
+
 def measure(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """Start the operator on the running control plane and time the runs."""
     config.load_kube_config(config_file=os.environ["KUBECONFIG"])
@@ -151,15 +184,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     health = free_port()
     with (CACHE / "bench-operator.log").open("wb") as log:
         operator = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "axolotl-operator"),
-                "run",
-                "--all-namespaces",
-                "--liveness",
-                f"http://127.0.0.1:{health}/healthz",
-                "--metrics-port",
-                "0",
-            ],
+            operator_argv(health),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -188,21 +213,8 @@ def main() -> int:
     parser.add_argument("--batch-runs", type=int, default=3)
     args = parser.parse_args()
 
-    env = dict(
-        os.environ, KUBEENV_STATE_DIR=os.environ.get("KUBEENV_STATE_DIR", str(CACHE / "bench-kubeenv"))
-    )
-    started = (
-        subprocess.run([str(ROOT / "hack/kubeenv"), "status"], env=env, capture_output=True).returncode != 0
-    )
-    up = subprocess.run(
-        [str(ROOT / "hack/kubeenv"), "up"], env=env, capture_output=True, text=True, check=True
-    )
-    os.environ["KUBECONFIG"] = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
-    try:
+    with control_plane():
         single, batch = measure(args)
-    finally:
-        if started:
-            subprocess.run([str(ROOT / "hack/kubeenv"), "down"], env=env, capture_output=True)
 
     def med(values: list[float]) -> str:
         return f"{statistics.median(values):.2f}s"

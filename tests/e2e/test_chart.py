@@ -3,10 +3,12 @@ the chart's ServiceAccount and RBAC; its liveness endpoint answers and its Servi
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Any
 
 import pytest
-from e2e_support import Release, from_a_pod, http_get, kubectl, kubectl_json, wait_for
+from e2e_support import ROOT, Release, from_a_pod, http_get, kubectl, kubectl_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +54,35 @@ def test_liveness_endpoint_answers_and_services_have_endpoints(release: Release,
     assert health.startswith("HTTP/1.") and " 200 " in health.splitlines()[0], health
     assert " 200 " in metrics.splitlines()[1], metrics[:500]
     assert "# TYPE axolotl_operator_jobs gauge" in metrics, metrics[:500]
+
+
+def test_the_charts_webhook_refuses_bad_specs_and_warns_about_stale_keys(
+    release: Release, namespace: str
+) -> None:
+    """The API server calls the operator's pod through the chart's Service, trusting the CA the operator
+    made, kept in its Secret and set as the caBundle of the chart's configuration."""
+    configuration = kubectl_json("get", "validatingwebhookconfiguration", release.fullname)
+    (webhook,) = configuration["webhooks"]
+    assert webhook["clientConfig"]["caBundle"] and webhook["failurePolicy"] == "Fail"
+    secret = kubectl_json("get", "secret", f"{release.fullname}-webhook-tls", "-n", release.namespace)
+    assert set(secret["data"]) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    assert secret["data"]["ca.crt"] == webhook["clientConfig"]["caBundle"]
+
+    for example, field in (("quantized-without-adapter.yaml", "spec.config.load_in_4bit"),
+                           ("lora-r-zero.yaml", "spec.config.lora_r")):
+        text = (ROOT / "tests" / "examples" / "invalid" / example).read_text()
+        refused = subprocess.run(["kubectl", "apply", "-n", namespace, "-f", "-"], input=text,
+                                 capture_output=True, text=True, timeout=120, check=False)
+        assert refused.returncode != 0 and field in refused.stderr, refused.stderr
+    assert kubectl_json("get", "axolotljobs", "-n", namespace)["items"] == []
+
+    stale = {
+        "apiVersion": "axolotl.ai/v1alpha1", "kind": "AxolotlJob", "metadata": {"name": "stale"},
+        "spec": {"gpus": 0, "suspend": True, "config": {
+            "base_model": "NousResearch/Llama-3.2-1B", "adapter": "lora", "epochs": 3,
+            "datasets": [{"path": "teknium/GPT4-LLM-Cleaned", "type": "alpaca"}]}},
+    }
+    accepted = subprocess.run(["kubectl", "apply", "-n", namespace, "-f", "-"], input=json.dumps(stale),
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "Warning: spec.config.epochs" in accepted.stderr and "num_epochs" in accepted.stderr

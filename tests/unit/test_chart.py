@@ -52,10 +52,33 @@ def test_watch_namespaces_and_settings_reach_the_operator(helm):
     assert env["AXOLOTL_OPERATOR_GPU_RESOURCE_NAME"] == "amd.com/gpu"
 
 
-def test_role_never_reads_secrets(helm):
-    role = next(d for d in template(helm) if d["kind"] == "ClusterRole")
+def is_webhook(doc: dict) -> bool:
+    return doc["metadata"]["name"].endswith("-webhook")
+
+
+def test_role_reads_no_secret_but_the_webhooks_own(helm):
+    docs = template(helm)
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
     for rule in role["rules"]:
         assert "secrets" not in rule["resources"]
+    secret_rules = [
+        (d["metadata"]["namespace"], rule)
+        for d in docs
+        if d["kind"] == "Role"
+        for rule in d["rules"]
+        if "secrets" in rule["resources"]
+    ]
+    assert secret_rules == [
+        (
+            "axolotl-system",
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["ops-axolotl-operator-webhook-tls"],
+                "verbs": ["get", "update"],
+            },
+        )
+    ]
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert {("axolotl.ai", "axolotljobs/status"), ("batch", "jobs"), ("", "pods")} <= granted
 
@@ -112,15 +135,18 @@ def test_watched_namespaces_get_roles_and_no_create_rights_elsewhere(helm):
         (r, v) for rule in cluster_role["rules"] for r in rule["resources"] for v in rule["verbs"]
     }
     assert {(r, v) for r, v in cluster_verbs if v in {"create", "patch", "update"}} == {
-        ("tokenreviews", "create")
+        ("tokenreviews", "create"),
+        ("validatingwebhookconfigurations", "patch"),  # its own, by name (test_the_webhook_...)
     }
-    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and not is_webhook(d)}
     assert set(roles) == {"ml", "research"}
     for role in roles.values():
         granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
         assert {("jobs", "create"), ("configmaps", "create"), ("axolotljobs/status", "patch")} <= granted
         assert not any("secrets" in rule["resources"] for rule in role["rules"])
-    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    bindings = {
+        d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding" and not is_webhook(d)
+    }
     assert set(bindings) == {"ml", "research"}
     assert all(b["subjects"][0]["namespace"] == "axolotl-system" for b in bindings.values())
 
@@ -134,3 +160,92 @@ def test_the_default_roles_can_manage_and_read_axolotljobs(helm):
     assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
     off = template(helm, "rbac.aggregateToDefaultRoles=false")
     assert [d["metadata"]["name"] for d in off if d["kind"] == "ClusterRole"] == ["ops-axolotl-operator"]
+
+
+# ---------------------------------------------------------------- the admission webhook
+
+
+def webhook_docs(helm, *values) -> tuple[dict[str, dict], list[dict]]:
+    """The webhook's objects by kind (and all documents)."""
+    docs = template(helm, *values)
+    kinds = {"Secret", "Service", "Certificate", "Issuer"}
+    ours = [
+        d
+        for d in docs
+        if d["kind"] == "ValidatingWebhookConfiguration"
+        or (d["kind"] in kinds and "-webhook" in d["metadata"]["name"])
+    ]
+    return {d["kind"]: d for d in ours}, docs
+
+
+def operator_container(docs: list[dict]) -> dict:
+    return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_chart_webhook_entry_is_the_operators_own_rendering(helm):
+    from axolotl_operator.admission import webhook_configuration
+
+    scoped = ("watchNamespaces={b,a}", "webhook.failurePolicy=Ignore")
+    for values, namespaces, policy in (((), (), "Fail"), (scoped, ("a", "b"), "Ignore")):
+        docs, _ = webhook_docs(helm, *values)
+        (charted,) = docs["ValidatingWebhookConfiguration"]["webhooks"]
+        client = charted["clientConfig"]
+        assert client == {
+            "service": {
+                "namespace": "axolotl-system",
+                "name": "ops-axolotl-operator-webhook",
+                "path": "/validate-axolotljob",
+                "port": 443,
+            }
+        }
+        (rendered,) = webhook_configuration("ops-axolotl-operator", client, policy, namespaces)["webhooks"]
+        assert charted == rendered
+
+
+def test_the_webhook_glob_namespaces_get_no_selector(helm):
+    docs, _ = webhook_docs(helm, "watchNamespaces={team-*}")
+    assert "namespaceSelector" not in docs["ValidatingWebhookConfiguration"]["webhooks"][0]
+
+
+def test_the_webhook_service_secret_and_operator_flags_fit_together(helm):
+    docs, all_docs = webhook_docs(helm)
+    assert docs["Service"]["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook"}]
+    assert "data" not in docs["Secret"] and "stringData" not in docs["Secret"]  # the operator fills it
+    container = operator_container(all_docs)
+    assert {
+        "--webhook-port=9443",
+        "--webhook-address=0.0.0.0",
+        "--webhook-configuration=ops-axolotl-operator",
+        "--webhook-service=axolotl-system/ops-axolotl-operator-webhook",
+        "--webhook-cert-secret=ops-axolotl-operator-webhook-tls",
+    } <= set(container["args"])
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # read-only root: certs go here
+    cluster_role = next(d for d in all_docs if d["kind"] == "ClusterRole")
+    (hook_rule,) = [r for r in cluster_role["rules"] if "validatingwebhookconfigurations" in r["resources"]]
+    assert hook_rule["resourceNames"] == ["ops-axolotl-operator"] and hook_rule["verbs"] == ["get", "patch"]
+
+
+def test_cert_manager_issues_the_certificate_and_the_operator_manages_nothing(helm):
+    docs, all_docs = webhook_docs(helm, "webhook.certManager.enabled=true")
+    annotations = docs["ValidatingWebhookConfiguration"]["metadata"]["annotations"]
+    assert annotations == {"cert-manager.io/inject-ca-from": "axolotl-system/ops-axolotl-operator-webhook"}
+    assert docs["Certificate"]["spec"]["secretName"] == "ops-axolotl-operator-webhook-tls"
+    assert docs["Certificate"]["spec"]["dnsNames"][0] == "ops-axolotl-operator-webhook.axolotl-system.svc"
+    assert docs["Issuer"]["spec"] == {"selfSigned": {}}
+    assert "Secret" not in docs
+    container = operator_container(all_docs)
+    assert "--webhook-cert-dir=/etc/axolotl-operator/webhook-certs" in container["args"]
+    assert not any(a.startswith("--webhook-cert-secret") for a in container["args"])
+    rules = [r for d in all_docs if d["kind"] in {"Role", "ClusterRole"} for r in d["rules"]]
+    assert not any({"secrets", "validatingwebhookconfigurations"} & set(r["resources"]) for r in rules)
+
+
+def test_the_webhook_can_be_turned_off_and_refuses_an_unknown_policy(helm):
+    docs = template(helm, "webhook.enabled=false")
+    assert not any(d["kind"] == "ValidatingWebhookConfiguration" for d in docs)
+    container = operator_container(docs)
+    assert not any(a.startswith("--webhook") for a in container["args"])
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        template(helm, "webhook.failurePolicy=Sometimes")
+    assert "webhook.failurePolicy must be Fail or Ignore" in caught.value.stderr
