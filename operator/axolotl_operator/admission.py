@@ -18,6 +18,7 @@ from .api.issues import FieldIssue, SpecError
 from .api.job import GROUP, PLURAL, VERSION
 from .api.validate import parse_job
 
+LOCAL_CONFIGURATION = "axolotl-operator-local"  # local runs; never the chart's name, so never its object
 WEBHOOK_NAME = f"validate.{PLURAL}.{GROUP}"  # the webhook entry's name: shown in the API server's errors
 HANDLER_ID = "validate-axolotljob"  # Kopf serves each handler at /<id>
 WEBHOOK_PATH = f"/{HANDLER_ID}"

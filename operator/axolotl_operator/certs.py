@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 SERVING_DAYS = 365
 CA_DAYS = 10 * SERVING_DAYS
 RENEW_FRACTION = 1 / 3  # renew when less than a third of the lifetime is left
+SERVING_COMMON_NAME = "axolotl-operator-webhook"
 BACKDATE = timedelta(minutes=5)  # clocks differ a little between nodes
 
 
@@ -49,7 +50,8 @@ def new_serving_cert(ca: KeyPair, hosts: list[str], now: datetime, days: int = S
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError("the webhook CA key is not an ECDSA key")
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    # Clients match the SANs; the common name (at most 64 characters) is only a label.
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVING_COMMON_NAME)])
     cert = (
         _builder(subject, ca_cert.subject, key.public_key(), now, days)
         .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
@@ -72,6 +74,24 @@ def needs_renewal(cert_pem: bytes, now: datetime, fraction: float = RENEW_FRACTI
         return True
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     return now >= end - (end - start) * fraction
+
+
+def pair_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the key is the certificate's own (a mismatched pair would crash the TLS server)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+
+
+def still_valid(cert_pem: bytes, now: datetime) -> bool:
+    try:
+        return now < x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+    except ValueError:
+        return False
 
 
 def covers(cert_pem: bytes, hosts: list[str]) -> bool:

@@ -18,6 +18,7 @@ from . import (
     handlers,
     metrics,
 )
+from .admission import LOCAL_CONFIGURATION
 from .api.job import GROUP
 from .controller import RESYNC_SECONDS, Operator
 from .kube import Kube
@@ -78,10 +79,10 @@ def run_operator(args: argparse.Namespace) -> int:
     kube = Kube.from_environment()
     namespaces = list(getattr(args, "namespaces", None) or [])
     resync = float(getattr(args, "resync_seconds", RESYNC_SECONDS))
+    webhook = start_webhook(args, kube, tuple(namespaces))  # first: bad webhook flags stop nothing started
     operator = Operator(settings, kube, namespaces=tuple(namespaces), resync_seconds=resync).start()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
     progress = start_progress_server(args, settings, operator)
-    webhook = start_webhook(args, operator.kube, tuple(namespaces))
 
     @kopf.on.startup()
     def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
@@ -122,13 +123,13 @@ def start_webhook(
     options = WebhookOptions(
         port=port,
         address=getattr(args, "webhook_address", None) or "127.0.0.1",
-        configuration=getattr(args, "webhook_configuration", None) or "axolotl-operator",
+        configuration=getattr(args, "webhook_configuration", None) or LOCAL_CONFIGURATION,
         service=getattr(args, "webhook_service", "") or "",
         cert_secret=getattr(args, "webhook_cert_secret", "") or "",
         cert_dir=getattr(args, "webhook_cert_dir", "") or "",
         failure_policy=getattr(args, "webhook_failure_policy", None) or "Fail",
         # A glob cannot be a namespaceSelector: then the webhook sees every namespace (and judges alike).
-        namespaces=() if any(c in n for n in namespaces for c in "*?[!") else namespaces,
+        namespaces=() if any(c in n for n in namespaces for c in "*?[!, \t") else namespaces,
     )
     handlers.register_admission()
     webhook = Webhook(options, kube)

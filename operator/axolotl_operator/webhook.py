@@ -7,11 +7,13 @@ Two places, one verdict (`admission.review`):
   the caBundle of its own configuration. With `--webhook-cert-dir` the certificates come from files
   (cert-manager's Secret mounted there) and the operator manages nothing: cert-manager injects the CA.
 - **locally** (no service, `make demo`): a throw-away CA for the loopback address, and the operator
-  registers the whole configuration (a URL on loopback) and removes it when it stops gracefully. A killed
-  operator leaves it behind, which is what `failurePolicy: Fail` is for.
+  registers the whole configuration (a URL on loopback, `axolotl-operator-local`) and removes it when it
+  stops gracefully, if it is still the one it registered. A killed operator leaves it behind, which is
+  what `failurePolicy: Fail` is for.
 
 Kopf serves the HTTPS endpoint from files this module writes to a private directory; it re-reads them
-every minute, so a renewed certificate is picked up without a restart.
+every 30 s, so a renewed certificate is picked up without a restart. While a new CA takes over, the
+caBundle holds both CAs, so the certificate still being served stays trusted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from urllib.parse import quote
 import kopf
 
 from . import certs
-from .admission import WEBHOOK_NAME, WEBHOOK_PATH, webhook_configuration
+from .admission import LOCAL_CONFIGURATION, WEBHOOK_NAME, WEBHOOK_PATH, webhook_configuration
 from .constants import COMPONENT
 from .kube import ApiError, Kube
 
@@ -42,16 +44,18 @@ CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigu
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+PREVIOUS_CA = "previous-ca.crt"  # kept in memory only, for one refresh
 CHECK_SECONDS = 3600.0  # how often the certificates' expiry is checked
 RETRY_SECONDS = 10.0  # after a failed renewal or registration
 FILE_CHECK_SECONDS = 30.0  # how often Kopf's server looks for renewed files
+UNSPECIFIED_ADDRESSES = {"0.0.0.0", "::", ""}
 
 
 @dataclass(frozen=True)
 class WebhookOptions:
     port: int
     address: str = "127.0.0.1"
-    configuration: str = COMPONENT  # the ValidatingWebhookConfiguration's name
+    configuration: str = LOCAL_CONFIGURATION  # the ValidatingWebhookConfiguration's name
     service: str = ""  # NAMESPACE/NAME of the Service in front of the webhook; empty: a local run
     cert_secret: str = ""  # the Secret (in the Service's namespace) that keeps the CA and certificate
     cert_dir: str = ""  # or certificates from files: tls.crt, tls.key and (optional) ca.crt
@@ -61,6 +65,22 @@ class WebhookOptions:
     @property
     def local(self) -> bool:
         return not self.service
+
+    def check(self) -> None:
+        """Refuse options that cannot work, with the fix."""
+        if self.local and self.address in UNSPECIFIED_ADDRESSES:
+            raise ValueError(
+                "a local webhook needs an address the API server can call (--webhook-address 127.0.0.1); "
+                "in a cluster, name the Service with --webhook-service NAMESPACE/NAME"
+            )
+        if not self.local:
+            self.service_ref()
+            if not self.cert_secret and not self.cert_dir:
+                raise ValueError("--webhook-service needs --webhook-cert-secret (or --webhook-cert-dir)")
+
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"https://{host}:{self.port}{WEBHOOK_PATH}"
 
     def service_ref(self) -> tuple[str, str]:
         namespace, _, name = self.service.partition("/")
@@ -84,15 +104,14 @@ class WebhookOptions:
 def ensure_pki(stored: Mapping[str, bytes], hosts: list[str], now: datetime) -> dict[str, bytes]:
     """The CA and serving certificate to use: the stored ones while valid, new ones where needed."""
     ca_cert, ca_key = stored.get(CA_CERT, b""), stored.get(CA_KEY, b"")
-    if not ca_cert or not ca_key or certs.needs_renewal(ca_cert, now):
+    if certs.needs_renewal(ca_cert, now) or not certs.pair_matches(ca_cert, ca_key):
         ca = certs.new_ca(f"{COMPONENT}-webhook-ca", now)
     else:
         ca = certs.KeyPair(ca_cert, ca_key)
     tls_cert, tls_key = stored.get(TLS_CERT, b""), stored.get(TLS_KEY, b"")
     fresh = (
-        tls_cert
-        and tls_key
-        and not certs.needs_renewal(tls_cert, now)
+        not certs.needs_renewal(tls_cert, now)
+        and certs.pair_matches(tls_cert, tls_key)
         and certs.covers(tls_cert, hosts)
         and certs.signed_by(tls_cert, ca.cert_pem)
     )
@@ -115,6 +134,7 @@ class Webhook:
         self._thread: threading.Thread | None = None
         self._pki: dict[str, bytes] = {}
         self._listening = threading.Event()
+        self._wake = threading.Event()  # a failed registration asks for an early retry
         self._failed = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -122,6 +142,7 @@ class Webhook:
     def start(self) -> kopf.WebhookServer:
         """Certificates ready, registration done; returns the server for Kopf's settings.admission."""
         try:
+            self.options.check()
             self.refresh()
         except BaseException:
             self._remove_files()
@@ -147,10 +168,14 @@ class Webhook:
             self._publish()
         except Exception as exc:  # not fatal: the loop retries soon; until then the API server cannot call us
             self._failed = True
+            self._wake.set()
             log.error("webhook registration: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         if self.options.local and self._listening.is_set():
             self._unregister()
         self._remove_files()
@@ -161,7 +186,11 @@ class Webhook:
         self.directory.rmdir()
 
     def _loop(self) -> None:
-        while not self._stop.wait(RETRY_SECONDS if self._failed else CHECK_SECONDS):
+        while not self._stop.is_set():
+            self._wake.wait(RETRY_SECONDS if self._failed else CHECK_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
                 self._failed = False
@@ -182,10 +211,14 @@ class Webhook:
         elif options.local:
             self._pki = self._pki or ensure_pki({}, options.hosts(), self.now())
         else:
+            previous_ca = self._pki.get(CA_CERT, b"")
             self._pki = self._stored_pki()
+            renewed = previous_ca and previous_ca != self._pki[CA_CERT]
+            if renewed and certs.still_valid(previous_ca, self.now()):
+                self._pki[PREVIOUS_CA] = previous_ca  # until the renewed files are served
         self._write(TLS_CERT, self._pki[TLS_CERT])
         self._write(TLS_KEY, self._pki[TLS_KEY])
-        self.ca_bundle = self._pki[CA_CERT]
+        self.ca_bundle = self._pki[CA_CERT] + self._pki.get(PREVIOUS_CA, b"")
         if self._listening.is_set():
             self._publish()
 
@@ -207,7 +240,7 @@ class Webhook:
         target = self._file(key)
         if target.exists() and target.read_bytes() == data:
             return
-        temporary = target.with_suffix(".new")
+        temporary = target.with_name(f".{target.name}.new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -217,8 +250,6 @@ class Webhook:
         """The PKI kept in the Secret, renewed there first when due (a conflict means a peer won: reuse)."""
         namespace, _ = self.options.service_ref()
         name = self.options.cert_secret
-        if not name:
-            raise ValueError("--webhook-service needs --webhook-cert-secret (or --webhook-cert-dir)")
         path = f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
         for _attempt in range(3):
             secret = self._get(path)
@@ -229,7 +260,7 @@ class Webhook:
                     "type": "Opaque",
                     "metadata": {"name": name, "namespace": namespace},
                 }
-            stored = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+            stored = {k: _decoded(v) for k, v in (secret.get("data") or {}).items()}
             wanted = ensure_pki(stored, self.options.hosts(), self.now())
             if all(stored.get(k) == v for k, v in wanted.items()):
                 return wanted
@@ -262,10 +293,7 @@ class Webhook:
             raise
 
     def _client_config(self) -> dict[str, Any]:
-        return {
-            "url": f"https://{self.options.address}:{self.options.port}{WEBHOOK_PATH}",
-            "caBundle": base64.b64encode(self.ca_bundle).decode(),
-        }
+        return {"url": self.options.url(), "caBundle": base64.b64encode(self.ca_bundle).decode()}
 
     def _register(self) -> None:
         options = self.options
@@ -319,14 +347,45 @@ class Webhook:
             log.info("webhook CA bundle set on %s", self.options.configuration)
 
 
+def _decoded(value: Any) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        return b""  # garbage in the Secret: replaced like a missing entry
+
+
+def _points_at(configuration: Mapping[str, Any], url: str) -> bool:
+    labels = (configuration.get("metadata") or {}).get("labels") or {}
+    urls = {(w.get("clientConfig") or {}).get("url") for w in configuration.get("webhooks") or []}
+    return labels.get("app.kubernetes.io/managed-by") == COMPONENT and urls == {url}
+
+
+def _anonymous(request: Any) -> Any:
+    """The review without the objects' uids: Kopf keeps a memo per uid it is shown (for ever, unless the
+    object is later deleted), so forged reviews with made-up uids would grow the operator's memory; a
+    hostile uid (a list) would crash its lookup. The verdict does not use the uid."""
+    if not isinstance(request, dict) or not isinstance(request.get("request"), dict):
+        return request
+    payload = dict(request["request"])
+    for key in ("object", "oldObject"):
+        body = payload.get(key)
+        if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+            payload[key] = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "uid"}}
+    return {**request, "request": payload}
+
+
 class _Server(kopf.WebhookServer):
-    """Kopf's webhook server, telling us (in a thread: the calls block) each time it starts listening."""
+    """Kopf's webhook server, telling us (in a thread: the calls block) each time it starts listening, and
+    handing Kopf reviews without uids."""
 
     def __init__(self, on_listening: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._on_listening = on_listening
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-        async for client_config in super().__call__(fn):
+        async def judge(request: Any, **kwargs: Any) -> Any:
+            return await fn(_anonymous(request), **kwargs)
+
+        async for client_config in super().__call__(judge):
             await asyncio.to_thread(self._on_listening)
             yield client_config

@@ -109,6 +109,25 @@ def test_a_secret_in_the_spec_is_denied_without_repeating_it():
     assert token not in verdict.message and all(token not in w for w in verdict.warnings)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"secrets": {"hfToken": "hf_" + "Zq7" * 12}},
+        {"secrets": "hf_" + "Zq7" * 12},
+        {"env": [{"name": "HF", "valueFrom": "hf_" + "Zq7" * 12}]},
+        {"secrets": {"wandbApiKey": "0123456789abcdef" * 2 + "01234567"}},
+        {"config": {**manifest()["spec"]["config"], "lora_r": "hf_" + "Zq7" * 12}},
+    ],
+)
+def test_a_token_pasted_where_something_else_belongs_is_never_repeated(spec):
+    body = manifest()
+    body["spec"].update(spec)
+    verdict = review("CREATE", body, None)
+    assert not verdict.allowed
+    for fragment in ("Zq7Zq7", "0123456789abcdef"):
+        assert fragment not in verdict.message and all(fragment not in w for w in verdict.warnings)
+
+
 def test_hostile_shapes_are_denied_not_crashed():
     for body in ({"spec": "x"}, {"metadata": [], "spec": {}}, {"spec": {"config": []}}, {}):
         assert not review("CREATE", body, None).allowed

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 from axolotl_operator import certs
-from axolotl_operator.webhook import CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, WebhookOptions, ensure_pki
+from axolotl_operator.webhook import (
+    CA_CERT,
+    CA_KEY,
+    TLS_CERT,
+    TLS_KEY,
+    WebhookOptions,
+    _anonymous,
+    _points_at,
+    ensure_pki,
+)
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 SERVICE_HOSTS = WebhookOptions(port=9443, service="ops/axolotl-operator-webhook").hosts()
@@ -39,6 +48,11 @@ def test_the_serving_certificate_is_renewed_in_its_last_third_and_the_ca_kept():
     assert renewed[CA_CERT] == made[CA_CERT]  # the caBundle the API server trusts stays put
     assert renewed[TLS_CERT] != made[TLS_CERT]
     assert not certs.needs_renewal(renewed[TLS_CERT], later)
+
+
+def test_long_service_names_fit_a_certificate():
+    hosts = WebhookOptions(port=1, service=f"{'n' * 63}/{'s' * 63}").hosts()  # the longest names allowed
+    assert certs.covers(ensure_pki({}, hosts, NOW)[TLS_CERT], hosts)
 
 
 def test_a_renamed_service_or_a_foreign_or_garbled_certificate_is_replaced():
@@ -93,3 +107,57 @@ def test_a_client_refuses_the_certificate_for_another_name(tmp_path: Path):
     with listener, pytest.raises(ssl.SSLCertVerificationError):
         handshake(pki, listener, "evil.example")
     thread.join(timeout=10)
+
+
+def test_mismatched_or_garbled_keys_are_replaced_not_served():
+    made = ensure_pki({}, SERVICE_HOSTS, NOW)
+    other = ensure_pki({}, SERVICE_HOSTS, NOW)
+    wrong_key = {**made, TLS_KEY: other[TLS_KEY]}
+    repaired = ensure_pki(wrong_key, SERVICE_HOSTS, NOW)
+    assert certs.pair_matches(repaired[TLS_CERT], repaired[TLS_KEY]) and repaired[CA_CERT] == made[CA_CERT]
+    wrong_ca_key = {**made, CA_KEY: other[CA_KEY]}
+    fresh = ensure_pki(wrong_ca_key, SERVICE_HOSTS, NOW)
+    assert fresh[CA_CERT] != made[CA_CERT] and certs.signed_by(fresh[TLS_CERT], fresh[CA_CERT])
+    assert certs.pair_matches(fresh[CA_CERT], fresh[CA_KEY])
+    assert not certs.pair_matches(made[TLS_CERT], b"not a key")
+
+
+def test_options_refuse_what_cannot_work_and_bracket_ipv6():
+    for options, words in (
+        (WebhookOptions(port=1, address="0.0.0.0"), "--webhook-address 127.0.0.1"),
+        (WebhookOptions(port=1, service="no-slash", cert_secret="s"), "NAMESPACE/NAME"),
+        (WebhookOptions(port=1, service="ns/svc"), "--webhook-cert-secret"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            options.check()
+    assert WebhookOptions(port=9443, address="::1").url() == "https://[::1]:9443/validate-axolotljob"
+    WebhookOptions(port=1, service="ns/svc", cert_secret="s").check()
+
+
+def test_reviews_reach_kopf_without_uids_and_odd_bodies_pass_through():
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "request-uid",
+            "object": {"metadata": {"name": "a", "uid": ["hostile"]}, "spec": {}},
+            "oldObject": {"metadata": {"name": "a", "uid": "u-1"}},
+        },
+    }
+    cleaned = _anonymous(review)
+    assert cleaned["request"]["uid"] == "request-uid"  # the review's own uid answers the API server
+    assert cleaned["request"]["object"]["metadata"] == {"name": "a"}
+    assert cleaned["request"]["oldObject"]["metadata"] == {"name": "a"}
+    assert review["request"]["object"]["metadata"]["uid"] == ["hostile"]  # the input is not mutated
+    for odd in ([], {"request": "x"}, {"request": {"object": "x"}}):
+        assert _anonymous(odd) == odd
+
+
+def test_only_our_own_local_registration_is_removed():
+    url = "https://127.0.0.1:1/validate-axolotljob"
+    ours = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "axolotl-operator"}},
+            "webhooks": [{"clientConfig": {"url": url}}]}
+    assert _points_at(ours, url)
+    assert not _points_at(ours, "https://127.0.0.1:2/validate-axolotljob")  # another operator's now
+    chart = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "Helm"}},
+             "webhooks": [{"clientConfig": {"service": {"name": "x"}}}]}
+    assert not _points_at(chart, url)

@@ -10,8 +10,11 @@ import re
 from typing import Any
 
 from .issues import value_kind
+from .secrets_guard import redact, token_shaped
 
-MAX_ECHO = 40  # long inputs are clipped; secret-looking values never get here (parse_job stops first)
+# Only short strings are repeated, never token-shaped ones: a token pasted where a mapping belongs
+# (`secrets: {hfToken: hf_...}`) is not caught by the secrets scan, which reads values, not wrong shapes.
+MAX_ECHO = 24
 EXAMPLE_IN_DESCRIPTION = re.compile(r"\be\.g\.\s+([^\s,;]+?)[.,;)]?(?:\s|$)")
 
 
@@ -31,8 +34,14 @@ def bound_example(kind: str, bound: Any) -> Any:
 
 
 def echo(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
+    """What was written, for a message: numbers and booleans as they are, short harmless strings quoted,
+    anything else by its kind ('a string', 'a mapping')."""
+    if isinstance(value, bool | int | float):
+        return repr(value)[:MAX_ECHO]
+    harmless = isinstance(value, str) and not token_shaped(value) and redact(value) == value
+    if harmless and len(value) <= MAX_ECHO:
+        return repr(value)
+    return value_kind(value)
 
 
 def humanize(error: Any, key: str, example: str | None) -> str | None:
@@ -41,7 +50,7 @@ def humanize(error: Any, key: str, example: str | None) -> str | None:
     `key` is the field's name as written (for `key: value` examples), `example` a value known to work.
     """
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    got = f"got {echo(value)}" if isinstance(value, str | int | float) else f"got {value_kind(value)}"
+    got = f"got {echo(value)}"
 
     def with_example(message: str, fallback: Any = None) -> str:
         shown = example if example is not None else fallback
@@ -62,12 +71,15 @@ def humanize(error: Any, key: str, example: str | None) -> str | None:
         return with_example("must be a number", 1.0)
     if kind in {"bool_parsing", "bool_type"}:
         return f"must be true or false, {got}"
+    shape = f"got {value_kind(value)}"  # a wrong shape is never quoted: it may be a pasted token
     if kind == "string_type":
-        return f"must be a string, {got}; quote it if YAML read it as a number or a date"
+        return f"must be a string, {shape}; quote it if YAML read it as a number or a date"
     if kind in {"dict_type", "model_type", "model_attributes_type"}:
-        return f"must be a mapping (key: value lines), {got}"
+        return f"must be a mapping (key: value lines), {shape}"
     if kind == "list_type":
-        return f"must be a list (lines starting with '- '), {got}"
+        return f"must be a list (lines starting with '- '), {shape}"
+    if kind == "string_pattern_mismatch":
+        return f"must match the pattern {ctx.get('pattern')}, {got}"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "missing":

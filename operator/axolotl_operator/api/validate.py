@@ -40,6 +40,9 @@ RESERVED_LABEL_PREFIXES = ("axolotl.ai/", "batch.kubernetes.io/", "app.kubernete
 RESERVED_LABELS = frozenset({"controller-uid", "job-name", "kueue.x-k8s.io/queue-name"})
 MAX_UNKNOWN_WARNINGS = 50
 MAX_DEPTH = 64  # Axolotl configs nest a few levels; hundreds only crash recursive code
+# Axolotl has about 600 keys; a spec of 60,000 takes the webhook seconds to judge (the YAML dump for the
+# ConfigMap budget), time during which every other apply waits.
+MAX_VALUES = 10_000
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and the operator's defaults.
 CONFIG_MAX_BYTES = 1_000_000
 
@@ -81,6 +84,16 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
 
     if _depth(spec) > MAX_DEPTH:  # before anything recursive (the parsers, the YAML dumper) sees it
         raise SpecError([FieldIssue("spec", f"nested more than {MAX_DEPTH} levels deep; flatten it")])
+    if _more_values_than(spec, MAX_VALUES):  # before the slow parts (did-you-mean, the YAML dump) run
+        raise SpecError(
+            [
+                FieldIssue(
+                    "spec",
+                    f"holds more than {MAX_VALUES} values; an Axolotl config needs a few "
+                    "hundred: keep large data (datasets, templates) in files on the claim",
+                )
+            ]
+        )
     errors = find_spec_secrets(spec)
     if errors:  # stop here: nothing else gets to echo a secret back
         raise SpecError(errors)
@@ -112,6 +125,21 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
         raise SpecError(_dedupe(errors), warnings)
     assert job is not None
     return ParsedJob(job=job, config=translation.config, warnings=tuple(warnings))
+
+
+def _more_values_than(value: Any, limit: int) -> bool:
+    """Whether mappings and lists hold more than `limit` values in all (counted without recursion)."""
+    count, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
+        for child in children:
+            count += 1
+            if count > limit:
+                return True
+            if isinstance(child, Mapping | list):
+                stack.append(child)
+    return False
 
 
 def _depth(value: Any) -> int:

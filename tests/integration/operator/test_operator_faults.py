@@ -316,6 +316,7 @@ def chart_rbac(helm: Path, release: str, namespace: str) -> list[dict[str, Any]]
             "templates/rbac.yaml",
             "--show-only",
             "templates/serviceaccount.yaml",
+            "--set=webhook.enabled=false",
         ],
         capture_output=True,
         text=True,

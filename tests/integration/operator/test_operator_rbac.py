@@ -15,9 +15,12 @@ from operator_support import (
     OperatorProcess,
     apply_yaml,
     children,
+    free_port,
     kubectl,
+    kubectl_json,
     make_axj,
     wait_events,
+    wait_for,
     wait_phase,
 )
 
@@ -42,22 +45,34 @@ def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
     return path
 
 
-def chart_rbac(helm: Path, namespace: str, *values: str) -> list[dict]:
-    """The chart's RBAC and ServiceAccount for a release in `namespace`, rendered by helm."""
+def chart_rbac(helm: Path, namespace: str, *values: str, webhook: bool = False) -> list[dict]:
+    """The chart's RBAC and ServiceAccount for a release in `namespace`, rendered by helm; with `webhook`,
+    also its webhook objects (configuration, Service, the empty Secret)."""
     args = [str(helm), "template", f"rbac{uuid.uuid4().hex[:6]}", str(ROOT / "charts" / "axolotl-operator")]
     args += ["--namespace", namespace, "--show-only", "templates/rbac.yaml"]
     args += ["--show-only", "templates/serviceaccount.yaml", *(f"--set={v}" for v in values)]
+    if webhook:
+        args += ["--show-only", "templates/webhook.yaml"]
     rendered = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(rendered) if d]
 
 
-def start_restricted(objects: list[dict], namespace: str, kubeconfig: Path, tmp_path: Path, *scope: str):
+def start_restricted(
+    objects: list[dict],
+    namespace: str,
+    kubeconfig: Path,
+    tmp_path: Path,
+    *scope: str,
+    extra: tuple[str, ...] = (),
+):
     """Apply the RBAC objects and start the operator with only its ServiceAccount's token."""
     apply_yaml(objects, namespace)
     account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
     token = kubectl("create", "token", account, "-n", namespace, "--duration=1h").strip()
     config = token_kubeconfig(Path(kubeconfig), token, tmp_path / "operator.kubeconfig")
-    restricted = OperatorProcess(tmp_path / "restricted.log", scope=scope or ("--all-namespaces",))
+    restricted = OperatorProcess(
+        tmp_path / "restricted.log", scope=scope or ("--all-namespaces",), extra_args=extra
+    )
     previous = os.environ["KUBECONFIG"]
     os.environ["KUBECONFIG"] = str(config)
     try:
@@ -82,11 +97,29 @@ def delete_all(objects: list[dict]) -> None:
 
 
 def test_operator_runs_with_the_charts_least_privilege_rbac(op, namespace, helm, kubeconfig, tmp_path):
-    objects = chart_rbac(helm, namespace)
-    assert {o["kind"] for o in objects} == {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
+    # The webhook as the chart runs it (its CA in the Secret, the caBundle on the chart's configuration),
+    # set to Ignore: without kube-proxy here the API server cannot reach the Service (the e2e tier can).
+    objects = chart_rbac(helm, namespace, "webhook.failurePolicy=Ignore", webhook=True)
+    assert {o["kind"] for o in objects} == {
+        "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount",
+        "Service", "Secret", "ValidatingWebhookConfiguration",
+    }
+    configuration = next(o for o in objects if o["kind"] == "ValidatingWebhookConfiguration")
+    name = configuration["metadata"]["name"]
     op.stop()  # the admin-credentialed operator must not do the work
-    restricted, _ = start_restricted(objects, namespace, kubeconfig, tmp_path)
+    webhook_flags = (
+        "--webhook-port", str(free_port()), "--webhook-configuration", name,
+        "--webhook-service", f"{namespace}/{name}-webhook", "--webhook-cert-secret", f"{name}-webhook-tls",
+    )
+    restricted, _ = start_restricted(objects, namespace, kubeconfig, tmp_path, extra=webhook_flags)
     try:
+        def ca_bundle() -> str | None:
+            live = kubectl_json("get", "validatingwebhookconfiguration", name)
+            return live["webhooks"][0]["clientConfig"].get("caBundle")
+
+        bundle = wait_for(ca_bundle, timeout=60, what="the caBundle set by the operator")
+        kept = kubectl_json("get", "secret", f"{name}-webhook-tls", "-n", namespace)["data"]
+        assert set(kept) == {"ca.crt", "ca.key", "tls.crt", "tls.key"} and kept["ca.crt"] == bundle
         kubectl("create", "secret", "generic", "hf", "-n", namespace, "--from-literal=token=x")
         apply_yaml(make_axj("least", secrets={"hfToken": {"name": "hf", "key": "token"}}), namespace)
         apply_yaml(

@@ -8,9 +8,13 @@ loopback with a throw-away CA (its own ValidatingWebhookConfiguration per test m
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
+import ssl
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +181,39 @@ def test_with_fail_the_down_operator_refuses_and_with_ignore_invalid_specs_are_m
     assert "spec.config.load_in_4bit" in obj["status"]["message"]
     hook.stop()
     hook.use_policy("Fail")
+
+
+def test_a_forged_review_gets_a_verdict_not_a_crash(hook):
+    """Anyone who reaches the port can send reviews: hostile uids (Kopf keys its memos by uid) and a
+    spec too large to judge cheaply get an answer, and the operator stays up."""
+    bundle = base64.b64decode(hook.registered()["webhooks"][0]["clientConfig"]["caBundle"])
+    context = ssl.create_default_context(cadata=bundle.decode())
+    huge = make_axj("huge", config={f"made_up_{i}": i for i in range(20_000)})
+    for uid, body in ((["hostile"], make_axj("forged")), ("u-1", huge)):
+        body["metadata"].update(namespace="anywhere", uid=uid)
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "forged-request",
+                "kind": {"group": "axolotl.ai", "version": "v1alpha1", "kind": "AxolotlJob"},
+                "resource": {"group": "axolotl.ai", "version": "v1alpha1", "resource": "axolotljobs"},
+                "operation": "UPDATE",
+                "userInfo": {"username": "forger"},
+                "object": body,
+                "oldObject": make_axj("forged"),
+            },
+        }
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{hook.webhook_port}/validate-axolotljob",
+            data=json.dumps(review).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+            verdict = json.loads(answer.read())["response"]
+        assert verdict["uid"] == "forged-request"
+        if body is huge:
+            assert verdict["allowed"] is False and "more than 10000 values" in verdict["status"]["message"]
+        else:
+            assert verdict["allowed"] is True
+    assert hook.healthy() and "Traceback" not in hook.log()
