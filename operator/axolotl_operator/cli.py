@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import yaml
 
 from . import __version__
+from .admission import LOCAL_CONFIGURATION
 from .api import KIND, SpecError, parse_job
 from .api.secrets_guard import redact
 from .convert import ConvertError, convert
@@ -224,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("--webhook-address", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
     hook.add_argument(
         "--webhook-configuration",
-        default="axolotl-operator",
-        help="the ValidatingWebhookConfiguration's name",
+        default=LOCAL_CONFIGURATION,
+        help="the ValidatingWebhookConfiguration's name (a cluster: the chart's)",
     )
     hook.add_argument(
         "--webhook-service",

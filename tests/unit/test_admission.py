@@ -233,3 +233,11 @@ def test_each_invalid_example_is_denied_for_the_field_it_names(path):
     verdict = review("CREATE", document, None)
     assert not verdict.allowed
     assert any(error.startswith(expected_path(path) + ": ") for error in verdict.errors), verdict.errors
+
+
+def test_local_runs_never_register_under_the_charts_name():
+    from axolotl_operator.admission import LOCAL_CONFIGURATION
+    from axolotl_operator.cli import build_parser
+
+    assert build_parser().parse_args(["run"]).webhook_configuration == LOCAL_CONFIGURATION
+    assert LOCAL_CONFIGURATION != "axolotl-operator"  # the chart's name after `helm install axolotl-operator`
