@@ -86,3 +86,11 @@ def test_the_charts_webhook_refuses_bad_specs_and_warns_about_stale_keys(
                               capture_output=True, text=True, timeout=120, check=False)
     assert accepted.returncode == 0, accepted.stderr
     assert "Warning: spec.config.epochs" in accepted.stderr and "num_epochs" in accepted.stderr
+
+
+def test_helm_test_passes(release: Release, helm: Any) -> None:
+    """The chart's own test pod (its image, its ServiceAccount): metrics answer, the CRD is established."""
+    result = subprocess.run(["helm", "test", release.name, "-n", release.namespace, "--logs"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok: metrics answer, the AxolotlJob CRD is established" in result.stdout

@@ -26,8 +26,8 @@ def template(helm: str, *values: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-def test_chart_lints(helm):
-    result = subprocess.run([helm, "lint", str(CHART)], capture_output=True, text=True)
+def test_chart_lints_strictly(helm):
+    result = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -248,4 +248,98 @@ def test_the_webhook_can_be_turned_off_and_refuses_an_unknown_policy(helm):
     assert not any(a.startswith("--webhook") for a in container["args"])
     with pytest.raises(subprocess.CalledProcessError) as caught:
         template(helm, "webhook.failurePolicy=Sometimes")
-    assert "webhook.failurePolicy must be Fail or Ignore" in caught.value.stderr
+    assert "/webhook/failurePolicy" in caught.value.stderr and "'Fail', 'Ignore'" in caught.value.stderr
+
+
+# ---------------------------------------------------------------- values, notes, helm test, versions
+
+
+@pytest.mark.parametrize(
+    "value, where",
+    [
+        ("replicas=2", "additional properties 'replicas' not allowed"),
+        ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
+        ("metrics.port=0", "/metrics/port"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("storage.defaultSize=lots", "/storage/defaultSize"),
+        ("watchNamespaces={ML}", "/watchNamespaces/0"),
+        ("webhook.certManager.issuerRef.nam=x", "/webhook/certManager/issuerRef"),
+    ],
+)
+def test_a_wrong_value_is_refused_by_the_schema_naming_it(helm, value, where):
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        template(helm, value)
+    assert "don't meet the specifications of the schema" in caught.value.stderr
+    assert where in caught.value.stderr, caught.value.stderr
+
+
+def test_every_documented_value_renders(helm):
+    values = [
+        "image.tag=1.2.3",
+        "imagePullSecrets[0].name=regcred",
+        "watchNamespaces={ml,team-*}",
+        "rbac.aggregateToDefaultRoles=false",
+        "trainer.image=registry.local/trainer:1",
+        "trainer.imagePullPolicy=Always",
+        "gpuResourceName=amd.com/gpu",
+        "storage.defaultSize=10Gi",
+        "storage.defaultStorageClass=fast",
+        "serviceAccount.create=false",
+        "serviceAccount.name=existing",
+        "metrics.port=9500",
+        "progress.port=0",
+        "webhook.port=8443",
+        "webhook.failurePolicy=Ignore",
+        "webhook.timeoutSeconds=5",
+        "webhook.certManager.enabled=true",
+        "webhook.certManager.issuerRef.name=ca",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+        "nodeSelector.pool=cpu",
+        "podAnnotations.team=ml",
+        "priorityClassName=system-cluster-critical",
+    ]
+    docs = template(helm, *values)
+    container = operator_container(docs)
+    assert container["image"] == "ghcr.io/axolotl-operator/axolotl-operator:1.2.3"
+    assert "--webhook-port=8443" in container["args"]
+    certificate = next(d for d in docs if d["kind"] == "Certificate")
+    assert certificate["spec"]["issuerRef"] == {"name": "ca", "kind": "ClusterIssuer"}
+    assert not any(d["kind"] == "ServiceAccount" for d in docs)
+
+
+def test_notes_say_what_to_do_next(helm):
+    result = subprocess.run(
+        [helm, "install", "--dry-run=client", "ops", str(CHART), "-n", "axolotl-system"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "helm test ops -n axolotl-system" in notes
+    assert "kubectl get axolotljobs -w" in notes and "admission webhook" in notes
+
+
+def test_helm_test_pod_uses_the_operators_image_and_account(helm):
+    docs = template(helm)
+    (pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["serviceAccountName"] == "ops-axolotl-operator"
+    assert pod["spec"]["containers"][0]["image"] == operator_container(docs)["image"]
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_versions_come_from_one_source():
+    """The Python package's version is the source; the chart, its appVersion, the trainer package and
+    the default trainer image tag follow it."""
+    import tomllib
+
+    from axolotl_operator import __version__
+    from axolotl_operator.settings import DEFAULT_TRAINER_IMAGE
+
+    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    trainer = tomllib.loads((REPO / "trainer-image" / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert __version__ == package == trainer == chart["version"] == chart["appVersion"]
+    assert values["trainer"]["image"] == DEFAULT_TRAINER_IMAGE
+    assert DEFAULT_TRAINER_IMAGE.rsplit(":", 1)[1].startswith(f"{package}-axolotl")
