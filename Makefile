@@ -56,6 +56,7 @@ helm:
 
 # Build (or reuse) the control plane first, so a cold build never runs inside a pytest timeout.
 integration: setup kubeenv-build
+	hack/gitops-health/build >/dev/null  # Flux's kstatus and Argo CD's Lua VM, for test_operator_gitops.py
 	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
 
 # Real nodes (root): a kubelet with containerd really runs pods. `hack/kubeenv build --real-nodes 1`
