@@ -18,6 +18,7 @@ JOB_LABEL = f"{GROUP}/job"  # on every child and training pod: which AxolotlJob 
 RETAIN_ANNOTATION = f"{GROUP}/retain"  # on the claim: outlives the AxolotlJob
 OWNER_UID_ANNOTATION = f"{GROUP}/owner-uid"  # on every child: the uid of the AxolotlJob that made it
 CLAIM_UID_ANNOTATION = f"{GROUP}/claim-uid"  # on the AxolotlJob: the uid of the claim made for it
+CLAIM_PENDING = "pending-since="  # its value just before the claim is created (then a timestamp)
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"

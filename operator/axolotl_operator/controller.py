@@ -21,15 +21,16 @@ from . import metrics
 from .api import SpecError, parse_job
 from .api.job import API_VERSION, KIND
 from .api.status import TERMINAL_PHASES, Reason
-from .constants import CLAIM_UID_ANNOTATION
+from .constants import CLAIM_PENDING, CLAIM_UID_ANNOTATION
 from .kube import ApiError, KubeApi
-from .ownership import Ownership, controlled_by, controller_of, describe, made_for, ownership
+from .ownership import Ownership, controlled_by, controller_of, describe, made_for, made_since, ownership
 from .progress import Report
 from .render import job_updates, render
 from .settings import OperatorSettings
 from .status import JobFacts, facts_of, facts_of_error
 from .status.diagnosis import clip
 from .status_writer import Key, StatusWriter
+from .trainer_contract import utc_now
 from .workqueue import WorkQueue
 
 log = logging.getLogger("axolotl_operator")
@@ -227,6 +228,8 @@ class Operator:
         namespace, name = key
         uid = axj["metadata"]["uid"]
         kind, child_name = child["kind"], child["metadata"]["name"]
+        if kind == "PersistentVolumeClaim":
+            self._intend_claim(axj)
         try:
             obj, created = self.kube.create(child)
         except ApiError as exc:
@@ -270,14 +273,35 @@ class Operator:
         patch = {"metadata": {"annotations": {CLAIM_UID_ANNOTATION: claim_uid}}}
         self.kube.merge_patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
 
+    def _intend_claim(self, axj: Mapping[str, Any]) -> None:
+        """Before the first create of the claim, record when it is about to be made: an operator killed
+        between creating the claim and recording its uid then knows, on restart, that a claim made for
+        this job since that moment is its own (`_our_claim`)."""
+        meta = axj["metadata"]
+        with self._guard:
+            known = meta["uid"] in self._claims
+        if known or (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION):
+            return
+        intent = CLAIM_PENDING + utc_now()
+        patch = {"metadata": {"annotations": {CLAIM_UID_ANNOTATION: intent}}}
+        self.kube.merge_patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+        with self._guard:
+            self._claims.setdefault(meta["uid"], intent)
+
     def _our_claim(self, axj: Mapping[str, Any], claim: Mapping[str, Any]) -> bool:
-        """The claim the operator created for this AxolotlJob (its uid is recorded). One created before
-        uids were recorded counts only if this AxolotlJob's own Job already exists (and mounts it)."""
+        """The claim the operator created for this AxolotlJob (its uid is recorded, or it was made for
+        this job after the operator recorded it was about to make it). One created before uids were
+        recorded counts only if this AxolotlJob's own Job already exists (and mounts it)."""
         meta, claim_uid = axj["metadata"], str(claim["metadata"].get("uid"))
         with self._guard:
             recorded = self._claims.get(meta["uid"])
         recorded = recorded or (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION)
-        if recorded is not None:
+        since = recorded[len(CLAIM_PENDING) :] if recorded and recorded.startswith(CLAIM_PENDING) else None
+        if since is not None and made_for(claim, meta["name"], meta["uid"]) and made_since(claim, since):
+            self._record_claim(axj, claim)
+            return True
+        pending = since is not None
+        if recorded is not None and not pending:
             return recorded == claim_uid
         job = self.kube.get_job(meta["namespace"], meta["name"])
         ours = job is not None and controlled_by(job, meta["uid"])

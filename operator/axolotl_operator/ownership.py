@@ -13,6 +13,7 @@ collector removes it) and leaves everything else alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -34,6 +35,12 @@ def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
     controller = controller_of(obj)
     return controller is not None and controller.get("uid") == uid
+
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # how Kubernetes writes creationTimestamp
+# A claim the operator is about to create counts as its own if made no earlier than this before the
+# moment it recorded the intent (clocks of the operator's node and the API server differ a little).
+CLOCK_SKEW_SECONDS = 60
 
 
 def made_for(obj: Mapping[str, Any], job_name: str, uid: str) -> bool:
@@ -71,3 +78,15 @@ def describe(obj: Mapping[str, Any]) -> str:
     by = f"controlled by {controller.get('kind')} {controller.get('name')}" if controller else "not made by"
     by += "" if controller else " this AxolotlJob"
     return f"{obj.get('kind')} {meta.get('name')} ({by})"
+
+
+def made_since(obj: Mapping[str, Any], moment: str) -> bool:
+    """Created at or after `moment` (RFC 3339, second precision), allowing CLOCK_SKEW_SECONDS between
+    the operator's clock and the API server's."""
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
+    try:
+        start = datetime.strptime(moment, TIME_FORMAT).replace(tzinfo=UTC)
+        made = datetime.strptime(str(created), TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return made >= start - timedelta(seconds=CLOCK_SKEW_SECONDS)

@@ -156,6 +156,43 @@ def test_a_claim_from_before_uids_were_recorded_counts_only_with_the_jobs_own_jo
     assert stored["metadata"]["annotations"]["axolotl.ai/claim-uid"] == claim["metadata"]["uid"]
 
 
+def test_a_claim_made_just_before_the_operator_was_killed_is_its_own_after_restart(kube, make_operator):
+    """Killed between creating the claim and recording its uid: the intent recorded before the create
+    proves it (a claim made for this job since then)."""
+    first = make_operator()
+    axj = stored_axj(kube)
+    first.reconcile(axj, NS, NAME)
+    creates = [i for i, call in enumerate(kube.calls) if call == "create"]
+    patches = [i for i, call in enumerate(kube.calls) if call == "merge_patch"]
+    assert patches[0] < creates[1], "the intent is recorded before the claim (the second child) is created"
+    # The state a kill right after the claim's create leaves: the intent, the claim, no uid, no Job.
+    stored = kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)
+    stored["metadata"]["annotations"]["axolotl.ai/claim-uid"] = "pending-since=2026-12-02T12:00:00Z"
+    stored = kube.put(stored)
+    claim = kube.find("v1", "PersistentVolumeClaim", NS, "demo-data")
+    claim["metadata"]["creationTimestamp"] = "2026-12-02T12:00:01Z"
+    claim = kube.put(claim)
+    kube.delete("batch/v1", "Job", NS, NAME)
+    second = make_operator()
+    second.reconcile(stored, NS, NAME)
+    recorded = kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)["metadata"]["annotations"]
+    assert recorded["axolotl.ai/claim-uid"] == claim["metadata"]["uid"]
+    assert kube.find("batch/v1", "Job", NS, NAME) is not None
+
+
+def test_a_claim_planted_before_the_intent_is_not_taken(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    axj["metadata"]["annotations"] = {"axolotl.ai/claim-uid": "pending-since=2026-12-02T12:00:00Z"}
+    axj = kube.put(axj)
+    early = planted("PersistentVolumeClaim", "demo-data", **ours(axj["metadata"]["uid"]))
+    early["metadata"]["creationTimestamp"] = "2026-12-02T11:58:00Z"  # two minutes before the intent
+    kube.put(early)
+    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+        operator.reconcile(axj, NS, NAME)
+    assert kube.find("batch/v1", "Job", NS, NAME) is None
+
+
 def test_an_invalid_edit_of_a_running_job_does_not_fail_it(kube, make_operator):
     operator = make_operator()
     axj = stored_axj(kube)
