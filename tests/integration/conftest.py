@@ -136,8 +136,8 @@ def wait_condition(ref: str, type_: str, namespace: str | None = None, timeout: 
     return wait_for(check, timeout=timeout, what=f"{ref} condition {type_}=True")
 
 
-def listening_addresses(pid: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Local addresses of the TCP sockets a process listens on (from /proc, no tools needed)."""
+def listening_sockets(pid: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(local address, port) of the TCP sockets a process listens on (from /proc, no tools needed)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         target = str(fd.readlink()) if fd.is_symlink() else ""
@@ -149,11 +149,17 @@ def listening_addresses(pid: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6
             fields = line.split()
             local, state, inode = fields[1], fields[3], fields[9]
             if state == "0A" and inode in inodes:  # 0A: LISTEN
-                raw = bytes.fromhex(local.split(":")[0])
+                address, port = local.split(":")
+                raw = bytes.fromhex(address)
                 # /proc prints each 32-bit word in host (little-endian) order.
                 words = [raw[i:i + 4][::-1] for i in range(0, size, 4)]
-                found.append(ipaddress.ip_address(b"".join(words)))
+                found.append((ipaddress.ip_address(b"".join(words)), int(port, 16)))
     return found
+
+
+def listening_addresses(pid: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Local addresses of the TCP sockets a process listens on."""
+    return [address for address, _ in listening_sockets(pid)]
 
 
 @dataclass(frozen=True)

@@ -82,18 +82,9 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
             [FieldIssue("spec.config", "required: the Axolotl config (a mapping), e.g. base_model")]
         )
 
-    if _depth(spec) > MAX_DEPTH:  # before anything recursive (the parsers, the YAML dumper) sees it
-        raise SpecError([FieldIssue("spec", f"nested more than {MAX_DEPTH} levels deep; flatten it")])
-    if _more_values_than(spec, MAX_VALUES):  # before the slow parts (did-you-mean, the YAML dump) run
-        raise SpecError(
-            [
-                FieldIssue(
-                    "spec",
-                    f"holds more than {MAX_VALUES} values; an Axolotl config needs a few "
-                    "hundred: keep large data (datasets, templates) in files on the claim",
-                )
-            ]
-        )
+    oversize = _oversize(spec)  # before anything recursive or slow (the parsers, the YAML dumper) sees it
+    if oversize is not None:
+        raise SpecError([oversize])
     errors = find_spec_secrets(spec)
     if errors:  # stop here: nothing else gets to echo a secret back
         raise SpecError(errors)
@@ -127,34 +118,26 @@ def parse_job(manifest: Mapping[str, Any]) -> ParsedJob:
     return ParsedJob(job=job, config=translation.config, warnings=tuple(warnings))
 
 
-def _more_values_than(value: Any, limit: int) -> bool:
-    """Whether mappings and lists hold more than `limit` values in all (counted without recursion)."""
-    count, stack = 0, [value]
-    while stack:
-        node = stack.pop()
-        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
-        for child in children:
-            count += 1
-            if count > limit:
-                return True
-            if isinstance(child, Mapping | list):
-                stack.append(child)
-    return False
-
-
-def _depth(value: Any) -> int:
-    """How deeply mappings and lists nest, without recursion (a hostile spec must not overflow)."""
-    deepest, stack = 0, [(value, 1)]
+def _oversize(spec: Any) -> FieldIssue | None:
+    """Nested deeper than MAX_DEPTH or holding more than MAX_VALUES values, found in one walk without
+    recursion (a hostile spec must not overflow the stack or feed the slow checks)."""
+    count, stack = 0, [(spec, 1)]
     while stack:
         node, depth = stack.pop()
         children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
         for child in children:
+            count += 1
+            if count > MAX_VALUES:
+                return FieldIssue(
+                    "spec",
+                    f"holds more than {MAX_VALUES} values; an Axolotl config needs a few "
+                    "hundred: keep large data (datasets, templates) in files on the claim",
+                )
             if isinstance(child, Mapping | list):
                 if depth + 1 > MAX_DEPTH:
-                    return depth + 1
+                    return FieldIssue("spec", f"nested more than {MAX_DEPTH} levels deep; flatten it")
                 stack.append((child, depth + 1))
-        deepest = max(deepest, depth)
-    return deepest
+    return None
 
 
 def _pydantic_issues(exc: ValidationError) -> list[FieldIssue]:

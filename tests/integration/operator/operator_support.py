@@ -30,8 +30,11 @@ kubectl_json = _helpers.kubectl_json
 apply_yaml = _helpers.apply_yaml
 wait_for = _helpers.wait_for
 KubectlError = _helpers.KubectlError
+listening_sockets = _helpers.listening_sockets
 
 TEST_NODE_LABEL = "axolotl.ai/test-node"
+HOLD = {"kwok.axolotl.ai/hold": "true"}  # the fake kubelet keeps the pod Running until the knob goes
+RELEASE = "kwok.axolotl.ai/hold-"  # `kubectl annotate pod ... kwok.axolotl.ai/hold-` removes it
 BASE_CONFIG = {
     "base_model": "NousResearch/Llama-3.2-1B",
     "adapter": "lora",

@@ -50,6 +50,8 @@ from faults_support import (
     verified_peer_cert,
 )
 from operator_support import (
+    HOLD,
+    RELEASE,
     ROOT,
     OperatorProcess,
     apply_yaml,
@@ -65,8 +67,6 @@ from operator_support import (
 
 pytestmark = pytest.mark.integration
 
-HOLD = {"kwok.axolotl.ai/hold": "true"}
-RELEASE = "kwok.axolotl.ai/hold-"
 CUT_SECONDS = 30
 SUMMARY = {
     "outcome": "succeeded",

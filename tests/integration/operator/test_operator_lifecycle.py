@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from operator_support import (
+    HOLD,
     ROOT,
     OperatorProcess,
     apply_yaml,
@@ -26,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 
-HOLD = {"kwok.axolotl.ai/hold": "true"}
 CONDITIONS = ["Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Stalled", "Reconciling"]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from operator_support import (
+    HOLD,
     OperatorProcess,
     apply_yaml,
     free_port,
@@ -29,7 +30,6 @@ from operator_support import (
 
 pytestmark = pytest.mark.integration
 
-HOLD = {"kwok.axolotl.ai/hold": "true"}
 AUDIENCE = "axolotl-operator"
 
 

@@ -9,6 +9,7 @@ loopback with a throw-away CA (its own ValidatingWebhookConfiguration per test m
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from operator_support import (
     free_port,
     kubectl,
     kubectl_json,
+    listening_sockets,
     make_axj,
     wait_for,
     wait_phase,
@@ -181,6 +183,16 @@ def test_with_fail_the_down_operator_refuses_and_with_ignore_invalid_specs_are_m
     assert "spec.config.load_in_4bit" in obj["status"]["message"]
     hook.stop()
     hook.use_policy("Fail")
+
+
+def test_the_local_webhook_listens_and_is_registered_on_loopback_only(hook):
+    """Read from state, not by sending traffic: the registered URL and the operator's sockets in /proc."""
+    (webhook,) = hook.registered()["webhooks"]
+    assert webhook["clientConfig"]["url"] == f"https://127.0.0.1:{hook.webhook_port}/validate-axolotljob"
+    assert hook.proc is not None
+    sockets = listening_sockets(hook.proc.pid)
+    on_port = [address for address, port in sockets if port == hook.webhook_port]
+    assert on_port == [ipaddress.ip_address("127.0.0.1")], sockets
 
 
 def test_a_forged_review_gets_a_verdict_not_a_crash(hook):
