@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,16 @@ def kubeenv(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(KUBEENV), *args], capture_output=True, text=True, env=env, timeout=1800, check=False
     )
+
+
+def exited(pid: int) -> bool:
+    """Gone or a zombie: kill() only starts the exit, and the kernel releases the process' files (its
+    machine lock among them) before it becomes a zombie. `down` run earlier would find the lock held."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["clean-stop", "after-sigkill"])
@@ -60,7 +71,9 @@ def test_down_restores_the_machine_after_running_pods(crash: bool) -> None:
         else:
             os.environ["KUBECONFIG"] = previous
         if crash:  # the control plane dies without cleaning up; its children get SIGTERM from the kernel
-            os.kill(int((REAL_STATE_DIR / "pid").read_text()), signal.SIGKILL)
+            pid = int((REAL_STATE_DIR / "pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: exited(pid), timeout=60, what=f"the killed control plane ({pid}) to exit")
         down = kubeenv("down")
     assert down.returncode == 0, down.stderr[-3000:]
     # While up, the node really changed the machine (so the comparison below means something).
