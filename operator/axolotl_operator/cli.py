@@ -15,10 +15,13 @@ from . import __version__
 from .admission import LOCAL_CONFIGURATION
 from .api import KIND, SpecError, parse_job
 from .api.secrets_guard import redact
+from .api.validate import ParsedJob
 from .convert import ConvertError, convert
 from .crd import crd_yaml
+from .notebook import UNKNOWN_MODES, desired, placement_for
 from .render import render
 from .settings import OperatorSettings
+from .status import facts_of
 from .yamlio import MAX_INPUT_BYTES, dump_all, load_all
 
 LINE_COMMENT = re.compile(r"^[ \t]*//[^\n]*$", re.MULTILINE)
@@ -125,8 +128,18 @@ def cmd_render(args: argparse.Namespace) -> int:
         _warn(args.file, parsed.warnings, sys.stderr)
         namespace = args.namespace or parsed.job.metadata.namespace or "default"
         output.extend(render(parsed, settings, namespace).manifests())
+        output.extend(_notebook(parsed, settings, namespace))
     sys.stdout.write(dump_all(output))
     return 0
+
+
+def _notebook(parsed: ParsedJob, settings: OperatorSettings, namespace: str) -> tuple[dict[str, Any], ...]:
+    """The notebook's objects as they are while training runs (an existing claim taken as ReadWriteOnce)."""
+    notebook = facts_of(parsed, settings).notebook
+    if notebook is None:
+        return ()
+    placement = placement_for(notebook.claim_modes or UNKNOWN_MODES, training_runs=True)
+    return desired(notebook, placement, namespace, owner=None)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -20,8 +20,10 @@ OWNER_UID_ANNOTATION = f"{GROUP}/owner-uid"  # on every child: the uid of the Ax
 CLAIM_UID_ANNOTATION = f"{GROUP}/claim-uid"  # on the AxolotlJob: the uid of the claim made for it
 CLAIM_PENDING = "pending-since="  # its value just before the claim is created (then a timestamp)
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"  # Kueue's WorkloadPriorityClass of the Job
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+NOTEBOOK_SPEC_ANNOTATION = f"{GROUP}/notebook-spec"  # on the notebook's Deployment: a hash of its spec
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,17 @@ class Names:
     config_map: str
     claim: str
     service: str
+    notebook: str  # the notebook's Deployment and Service
 
     @classmethod
     def of(cls, job_name: str) -> Names:
-        return cls(job=job_name, config_map=f"{job_name}-config", claim=f"{job_name}-data", service=job_name)
+        return cls(
+            job=job_name,
+            config_map=f"{job_name}-config",
+            claim=f"{job_name}-data",
+            service=job_name,
+            notebook=f"{job_name}-notebook",
+        )
 
 
 def labels(name: str, component: str) -> dict[str, str]:

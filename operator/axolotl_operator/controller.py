@@ -22,7 +22,9 @@ from .api import SpecError, parse_job
 from .api.job import API_VERSION, KIND
 from .api.status import TERMINAL_PHASES, Reason
 from .constants import CLAIM_PENDING, CLAIM_UID_ANNOTATION
-from .kube import ApiError, KubeApi
+from .kube import REJECTED_STATUSES, ApiError, KubeApi
+from .kueue_hold import KueueHold
+from .notebook_keeper import NotebookKeeper
 from .ownership import Ownership, controlled_by, controller_of, describe, made_for, made_since, ownership
 from .progress import Report
 from .render import job_updates, render
@@ -37,7 +39,6 @@ log = logging.getLogger("axolotl_operator")
 
 RETRY_DELAY = 3  # seconds before Kopf retries a reconcile that had to wait (e.g. for garbage collection)
 CONFLICT_RECHECK_SECONDS = 30  # a child name taken by a foreign object: look again (the user may remove it)
-REJECTED_STATUSES = frozenset({400, 404, 422})  # the request itself is wrong: retrying cannot help
 STATUS_WORKERS = 8
 RESYNC_SECONDS = 300.0
 FACTS_CACHE_MAX = 4096
@@ -61,7 +62,10 @@ class Operator:
         self.kube = kube
         self.resync_seconds = resync_seconds
         self.namespaces = namespaces  # watched namespaces; empty: the whole cluster
-        self.writer = StatusWriter(kube, self.facts, self.blocker, self._gone)
+        self.kueue_hold = KueueHold(kube)
+        self.writer = StatusWriter(
+            kube, self.facts, self.blocker, self._gone, NotebookKeeper(kube).sync, self.kueue_hold.sync
+        )
         self.queue = WorkQueue(
             self.writer.sync,  # type: ignore[arg-type]
             workers=workers,
@@ -214,9 +218,9 @@ class Operator:
             if child is children.job:
                 job = obj
         assert job is not None
-        updates = job_updates(
-            job, children.job, queue_name=parsed.job.spec.queue_name, suspend=parsed.job.spec.suspend
-        )
+        spec = parsed.job.spec
+        self.kueue_hold.sync(job, spec.queue_name, spec.suspend)  # before the Job: Kueue would undo it
+        updates = job_updates(job, children.job, queue_name=spec.queue_name, suspend=spec.suspend)
         if updates:
             log.info("%s/%s: updating Job spec %s", namespace, name, updates)
             self.kube.merge_patch("batch/v1", "Job", namespace, name, {"spec": updates})

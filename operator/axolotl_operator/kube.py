@@ -37,8 +37,13 @@ KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Pod"): ("/api/v1", "pods"),
     ("v1", "Event"): ("/api/v1", "events"),
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("kueue.x-k8s.io/v1beta2", "Workload"): ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),
     (API_VERSION, KIND): (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
+
+
+REJECTED_STATUSES = frozenset({400, 404, 422})  # the request itself is wrong: retrying cannot help
 
 
 class ApiError(Exception):
@@ -64,12 +69,16 @@ def path_of(api_version: str, kind: str, namespace: str, name: str | None = None
 class KubeApi(Protocol):
     """The API calls the operator makes (the real `Kube`, or a fake in unit tests)."""
 
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None: ...
     def get_axolotljob(self, namespace: str, name: str) -> Obj | None: ...
     def get_job(self, namespace: str, name: str) -> Obj | None: ...
     def get_pod(self, namespace: str, name: str) -> Obj | None: ...
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]: ...
     def list_pods(self, namespace: str, selector: str) -> list[Obj]: ...
     def list_axolotljob_keys(self, namespace: str | None) -> list[tuple[str, str]]: ...
     def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]: ...
+    def replace(self, manifest: Mapping[str, Any]) -> Obj: ...
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
     def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str = ""
     ) -> Obj: ...
@@ -146,9 +155,12 @@ class Kube:
     def get_job(self, namespace: str, name: str) -> Obj | None:
         return self.get("batch/v1", "Job", namespace, name)
 
-    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
-        path = path_of("v1", "Pod", namespace)
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+        path = path_of(api_version, kind, namespace)
         return list(self.request("GET", path, query={"labelSelector": selector}).get("items") or [])
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        return self.list("v1", "Pod", namespace, selector)
 
     def get_pod(self, namespace: str, name: str) -> Obj | None:
         return self.get("v1", "Pod", namespace, name)
@@ -185,6 +197,20 @@ class Kube:
         if existing is None:  # deleted between our POST and GET: try once more
             return self.request("POST", path, body=manifest), True
         return existing, False
+
+    def replace(self, manifest: Mapping[str, Any]) -> Obj:
+        """PUT: the object becomes `manifest` (its metadata.resourceVersion guards against lost updates)."""
+        meta = manifest["metadata"]
+        path = path_of(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        return self.request("PUT", path, body=dict(manifest))
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Delete (its dependents in the background, by the garbage collector); gone already is fine."""
+        try:
+            self.request("DELETE", path_of(api_version, kind, namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str = ""

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator: jobs by phase, transitions, reconcile errors, training progress.
+"""Prometheus metrics of the operator: jobs by phase, each job's phase, transitions, errors, progress.
 
 Phases and progress are set from the AxolotlJobs' own status as the watch stream delivers it, so the
 numbers agree with `kubectl get axj` and survive an operator restart without bookkeeping.
@@ -7,6 +7,7 @@ numbers agree with `kubectl get axj` and survive an operator restart without boo
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections import Counter as Tally
 from collections.abc import Mapping
@@ -17,6 +18,11 @@ from prometheus_client import Counter, Gauge, start_http_server
 from .api.status import Phase
 
 JOBS = Gauge("axolotl_operator_jobs", "AxolotlJobs by phase (Unknown: no status yet).", ["phase"])
+JOB_PHASE = Gauge(
+    "axolotl_operator_job_phase",
+    "Each AxolotlJob's phase and reason: 1, one series per job (its current phase and reason only).",
+    ["namespace", "name", "phase", "reason"],
+)
 TRANSITIONS = Counter(
     "axolotl_operator_transitions_total",
     "Status transitions written, by new phase and reason.",
@@ -33,7 +39,9 @@ PROGRESS = {
     "totalSteps": Gauge(
         "axolotl_operator_job_total_steps", "Optimizer steps planned.", ["namespace", "name"]
     ),
-    "loss": Gauge("axolotl_operator_job_loss", "Latest training loss.", ["namespace", "name"]),
+    "loss": Gauge(
+        "axolotl_operator_job_loss", "Latest training loss (NaN when it diverged).", ["namespace", "name"]
+    ),
     "etaSeconds": Gauge("axolotl_operator_job_eta_seconds", "Estimated seconds left.", ["namespace", "name"]),
 }
 PROGRESS_REPORTS = Counter(
@@ -44,6 +52,7 @@ PROGRESS_REPORTS = Counter(
 
 _lock = threading.Lock()
 _phases: dict[tuple[str, str], str] = {}
+_job_phase: dict[tuple[str, str], tuple[str, str]] = {}  # the (phase, reason) of each job's JOB_PHASE series
 
 
 def serve(port: int) -> None:
@@ -61,9 +70,18 @@ def _publish() -> None:
 def observe_job(namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
     """Record the phase and progress of one AxolotlJob as last seen."""
     status = status or {}
+    key = (namespace, name)
+    phase = status.get("phase") or "Unknown"
+    current = (phase, status.get("reason") or "")
     with _lock:
-        _phases[(namespace, name)] = status.get("phase") or "Unknown"
+        _phases[key] = phase
         _publish()
+        previous = _job_phase.get(key)
+        if previous != current:
+            if previous is not None:
+                JOB_PHASE.remove(namespace, name, *previous)
+            JOB_PHASE.labels(namespace, name, *current).set(1)
+            _job_phase[key] = current
     observe_progress(namespace, name, status.get("progress") or {})
 
 
@@ -71,6 +89,8 @@ def observe_progress(namespace: str, name: str, progress: Mapping[str, Any]) -> 
     """Record a live progress report just written to the AxolotlJob's status."""
     for key, gauge in PROGRESS.items():
         value = progress.get(key)
+        if key == "loss" and progress.get("lossNonFinite") is True:
+            value = math.nan  # a diverged run: the AxolotlJobLossNaN alert's `loss != loss`
         if isinstance(value, int | float):
             gauge.labels(namespace, name).set(value)
 
@@ -84,6 +104,9 @@ def forget_job(namespace: str, name: str) -> None:
     with _lock:
         _phases.pop((namespace, name), None)
         _publish()
+        previous = _job_phase.pop((namespace, name), None)
+        if previous is not None:
+            JOB_PHASE.remove(namespace, name, *previous)
     for gauge in PROGRESS.values():
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)

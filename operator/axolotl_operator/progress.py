@@ -82,6 +82,7 @@ class Report:
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     final: bool = False
+    loss_non_finite: bool = False  # the trainer's loss was NaN or infinite (sent as null)
     job_uid: str | None = None  # the AxolotlJob the sender was authorized for (set by the endpoint)
 
 
@@ -175,6 +176,7 @@ def parse_report(body: bytes | str, now: datetime) -> Report:
         tokens_per_second=_float(data.get("tokensPerSecond"), minimum=0),
         eta_seconds=_float(data.get("etaSeconds"), minimum=0),
         final=data.get("final") is True,
+        loss_non_finite=data.get("lossNonFinite") is True,
     )
 
 
@@ -195,6 +197,7 @@ def to_progress(report: Report) -> dict[str, Any]:
         "percent": percent,
         "epoch": report.epoch,
         "loss": report.loss,
+        "lossNonFinite": True if report.loss_non_finite else None,
         "learningRate": report.learning_rate,
         "gradNorm": report.grad_norm,
         "tokensPerSecond": report.tokens_per_second,

@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .api.job import API_VERSION, KIND, AxolotlJob
+from .api.job import API_VERSION, KIND, AxolotlJob, AxolotlJobSpec, ResourceRequirements
 from .api.validate import ParsedJob
 from .constants import (
     COMPLETION_INDEX_ANNOTATION,
     CONTAINER_NAME,
     JOB_LABEL,
     OWNER_UID_ANNOTATION,
+    PRIORITY_CLASS_LABEL,
     QUEUE_LABEL,
     RETAIN_ANNOTATION,
     RUNNER_COMMAND,
@@ -113,22 +114,35 @@ def render(
         "data": {Paths.CONFIG_FILE: dump(config), **extra_files},
     }
     claim = (
-        None if _existing_claim(job) else _claim(job, settings, metadata(names.claim, "data", owned=False))
+        None if existing_claim(job) else _claim(job, settings, metadata(names.claim, "data", owned=False))
     )
     service = _service(names, metadata(names.service, "rendezvous")) if job.spec.nodes > 1 else None
     batch_job = _job(parsed, settings, names, namespace, metadata(names.job, "training"))
     return Children(config_map=config_map, job=batch_job, claim=claim, service=service)
 
 
-def _existing_claim(job: AxolotlJob) -> str | None:
+def existing_claim(job: AxolotlJob) -> str | None:
+    """spec.storage.existingClaim: the user's claim, used as is and never deleted."""
     return job.spec.storage.existing_claim if job.spec.storage and job.spec.storage.existing_claim else None
+
+
+def claim_access_modes(spec: AxolotlJobSpec) -> list[str]:
+    """The access modes of the claim the operator creates: spec.storage's, else ReadWriteOnce
+    (ReadWriteMany for a multi-node job, whose pods share it)."""
+    if spec.storage and spec.storage.access_modes:
+        return list(spec.storage.access_modes)
+    return ["ReadWriteMany"] if spec.nodes > 1 else ["ReadWriteOnce"]
+
+
+def mounted_claim(parsed: ParsedJob) -> str:
+    """The claim the job's pods mount at /workspace/data: the existing one, or `<name>-data`."""
+    return existing_claim(parsed.job) or Names.of(parsed.name).claim
 
 
 def _claim(job: AxolotlJob, settings: OperatorSettings, metadata: dict[str, Any]) -> Manifest:
     storage = job.spec.storage
-    default_modes = ["ReadWriteMany"] if job.spec.nodes > 1 else ["ReadWriteOnce"]
     spec: dict[str, Any] = {
-        "accessModes": list(storage.access_modes) if storage and storage.access_modes else default_modes,
+        "accessModes": claim_access_modes(job.spec),
         "resources": {
             "requests": {
                 "storage": str(storage.size if storage and storage.size else settings.default_storage_size)
@@ -187,36 +201,42 @@ def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace:
             {"name": Env.PROGRESS_URL, "value": settings.progress_url},
             {"name": Env.PROGRESS_TOKEN_FILE, "value": Paths.PROGRESS_TOKEN_FILE},
         ]
-    secrets = spec.secrets
-    for var, ref in (
-        (Env.HF_TOKEN, secrets and secrets.hf_token),
-        (Env.WANDB_API_KEY, secrets and secrets.wandb_api_key),
-    ):
-        if ref:
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env += secret_env(spec)
     # The user's variables come last; validation refuses any name the operator sets (RESERVED_ENV).
     return env + [var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []]
 
 
-def _resources(parsed: ParsedJob, settings: OperatorSettings) -> dict[str, Any]:
-    spec = parsed.job.spec
-    resources: dict[str, Any] = {}
-    if spec.resources:
+def secret_env(spec: AxolotlJobSpec) -> list[dict[str, Any]]:
+    """HF_TOKEN and WANDB_API_KEY from the Secrets spec.secrets names (references, never values)."""
+    secrets = spec.secrets
+    return [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        for var, ref in (
+            (Env.HF_TOKEN, secrets and secrets.hf_token),
+            (Env.WANDB_API_KEY, secrets and secrets.wandb_api_key),
+        )
+        if ref
+    ]
+
+
+def resources(
+    requirements: ResourceRequirements | None, gpus: int, settings: OperatorSettings
+) -> dict[str, Any]:
+    """A container's requests and limits, GPUs as a limit of the operator's GPU resource."""
+    result: dict[str, Any] = {}
+    if requirements:
         for kind in ("requests", "limits"):
-            values = getattr(spec.resources, kind)
+            values = getattr(requirements, kind)
             if values:
-                resources[kind] = {key: str(value) for key, value in values.items()}
-    if spec.gpus > 0:
-        resources.setdefault("limits", {})[settings.gpu_resource_name] = str(spec.gpus)
-    return resources
+                result[kind] = {key: str(value) for key, value in values.items()}
+    if gpus > 0:
+        result.setdefault("limits", {})[settings.gpu_resource_name] = str(gpus)
+    return result
 
 
-def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str) -> dict[str, Any]:
-    spec = parsed.job.spec
-    claim_name = _existing_claim(parsed.job) or names.claim
-    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
-    if spec.nodes > 1:
-        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
+def workspace_mounts(claim_name: str, config_map: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumeMounts, volumes) of the job's workspace: the claim at /workspace/data, the config
+    read-only at /src/config, and a memory /dev/shm (PyTorch's data loaders need more than 64 MiB)."""
     mounts = [
         {"name": "data", "mountPath": Paths.DATA_MOUNT},
         {"name": "config", "mountPath": Paths.CONFIG_DIR, "readOnly": True},
@@ -224,9 +244,33 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "data", "persistentVolumeClaim": {"claimName": claim_name}},
-        {"name": "config", "configMap": {"name": names.config_map}},
+        {"name": "config", "configMap": {"name": config_map}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
+    return mounts, volumes
+
+
+def pod_security() -> dict[str, dict[str, Any]]:
+    """The pod- and container-level settings every pod of a job gets (training and notebook)."""
+    return {
+        "pod": {
+            "enableServiceLinks": False,
+            # The trainer never calls the API; its only token is the projected, audience-bound progress one.
+            "automountServiceAccountToken": False,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        },
+        # As restricted as Axolotl allows: its images run as root, so runAsNonRoot is left to the image.
+        "container": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+
+
+def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace: str) -> dict[str, Any]:
+    spec = parsed.job.spec
+    claim_name = mounted_claim(parsed)
+    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    if spec.nodes > 1:
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
+    mounts, volumes = workspace_mounts(claim_name, names.config_map)
     if settings.progress_url:
         mounts.append({"name": "progress-token", "mountPath": Paths.PROGRESS_TOKEN_DIR, "readOnly": True})
         token = {
@@ -242,19 +286,15 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
         "command": list(RUNNER_COMMAND),
         "env": _env(parsed, settings, names, namespace),
         "ports": ports,
-        "resources": _resources(parsed, settings),
+        "resources": resources(spec.resources, spec.gpus, settings),
         "volumeMounts": mounts,
         "terminationMessagePath": Paths.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        # As restricted as Axolotl allows: its images run as root, so runAsNonRoot is left to the image.
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": pod_security()["container"],
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "enableServiceLinks": False,
-        # The trainer never calls the API; its only token is the projected, audience-bound progress one.
-        "automountServiceAccountToken": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        **pod_security()["pod"],
         "containers": [container],
         "volumes": volumes,
     }
@@ -284,6 +324,8 @@ def _job(
             pod_meta["annotations"] = dict(spec.pod_metadata.annotations)
     if spec.queue_name:
         metadata["labels"][QUEUE_LABEL] = spec.queue_name
+        if spec.workload_priority_class_name:
+            metadata["labels"][PRIORITY_CLASS_LABEL] = spec.workload_priority_class_name
     job_spec: dict[str, Any] = {
         # Kueue admits a queued job by unsuspending it, so it is created suspended.
         "suspend": spec.suspend or bool(spec.queue_name),

@@ -22,6 +22,7 @@ from . import metrics
 from .api.status import OWNED_STATUS_KEYS, PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER, Reason
 from .constants import CONTROLLER_UID_LABEL, Names
 from .kube import ApiError, KubeApi, Obj
+from .notebook import NotebookView
 from .ownership import controlled_by
 from .progress import Report, is_newer, newest, to_progress
 from .status import JobFacts, StatusResult, Transition, compute_status
@@ -41,6 +42,8 @@ class StatusWriter:
         facts: Callable[[Mapping[str, Any]], JobFacts],
         blocker: Callable[[Key], tuple[str, Reason, str] | None] = lambda key: None,
         gone: Callable[[Key], None] = lambda key: None,
+        notebook: Callable[[Obj, JobFacts, Obj | None], NotebookView | None] = lambda axj, facts, job: None,
+        hold: Callable[[Obj | None, str | None, bool], None] = lambda job, queue_name, suspend: None,
         progress_interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -48,6 +51,8 @@ class StatusWriter:
         self.facts = facts
         self.blocker = blocker
         self.gone = gone  # told when the AxolotlJob no longer exists
+        self.notebook = notebook  # keeps spec.notebook's objects; what the status shows about them
+        self.hold = hold  # keeps Kueue from restarting a queued job the user suspended
         self.progress_interval = progress_interval
         self.clock = clock
         self._lock = threading.Lock()
@@ -87,7 +92,11 @@ class StatusWriter:
         uid = axj["metadata"].get("uid")
         blocked = self.blocker(key)  # (uid, reason, message): only this AxolotlJob's, not a namesake's
         blocker = blocked[1:] if blocked and blocked[0] == uid else None
-        result = compute_status(axj, job, pods, facts, utc_now(), foreign_job=foreign, blocker=blocker)
+        self.hold(job, facts.queue_name, facts.suspend)
+        notebook = self.notebook(axj, facts, job)
+        result = compute_status(
+            axj, job, pods, facts, utc_now(), foreign_job=foreign, blocker=blocker, notebook=notebook
+        )
         status = dict(axj.get("status") or {})
         if result.changed(status):
             self._apply(key, result.status, STATUS_FIELD_MANAGER)

@@ -92,6 +92,14 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _non_finite(value: Any) -> bool:
+    """A number that JSON cannot carry: NaN or an infinity (a diverged loss)."""
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
@@ -115,9 +123,11 @@ class ProgressReport:
     job_namespace: str = ""
     timestamp: str = ""
     final: bool = False
+    loss_non_finite: bool = False  # NaN or infinite loss: JSON cannot carry it, the flag says so
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON body; keys are camelCase, numbers finite or null."""
+        """The JSON body; keys are camelCase, numbers finite or null (`lossNonFinite` marks a NaN or
+        infinite loss, sent as null)."""
         return {
             "jobName": self.job_name,
             "jobNamespace": self.job_namespace,
@@ -131,6 +141,7 @@ class ProgressReport:
             "tokensPerSecond": _finite(self.tokens_per_second),
             "etaSeconds": _finite(self.eta_seconds),
             "final": bool(self.final),
+            "lossNonFinite": self.loss_non_finite or _non_finite(self.loss),
         }
 
     @classmethod
@@ -149,6 +160,7 @@ class ProgressReport:
             job_namespace=str(data.get("jobNamespace") or ""),
             timestamp=str(data.get("timestamp") or ""),
             final=bool(data.get("final", False)),
+            loss_non_finite=data.get("lossNonFinite") is True,
         )
 
 

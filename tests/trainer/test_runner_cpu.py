@@ -40,6 +40,7 @@ PAYLOAD_KEYS = {
     "tokensPerSecond",
     "etaSeconds",
     "final",
+    "lossNonFinite",
 }
 
 

@@ -89,7 +89,28 @@ def test_progress_payload_round_trip() -> None:
     report = ProgressReport(step=3, total_steps=9, loss=float("inf"), job_name="j", job_namespace="ns")
     payload = report.to_payload()
     assert payload["loss"] is None and payload["totalSteps"] == 9 and payload["timestamp"].endswith("Z")
-    assert ProgressReport.from_payload(payload).step == 3
+    assert payload["lossNonFinite"] is True
+    back = ProgressReport.from_payload(payload)
+    assert (back.step, back.loss, back.loss_non_finite) == (3, None, True)
+    assert ProgressReport(step=1, loss=0.5).to_payload()["lossNonFinite"] is False
+
+
+def test_the_callback_flags_a_diverged_loss() -> None:
+    """The Trainer logs `loss: nan` when a run diverges; the report says so instead of dropping it."""
+    from types import SimpleNamespace
+
+    from axolotl_job_runner.plugin import ProgressCallback
+
+    sent: list[ProgressReport] = []
+    callback = ProgressCallback(env={})
+    callback.reporter = SimpleNamespace(submit=sent.append)  # type: ignore[assignment]
+    state = SimpleNamespace(global_step=4, max_steps=10, epoch=0.4)
+    callback.on_log(None, state, None, logs={"loss": 1.25, "learning_rate": 2e-4})
+    callback.on_log(None, state, None, logs={"loss": float("nan"), "learning_rate": 2e-4})
+    first, diverged = (report.to_payload() for report in sent)
+    assert (first["loss"], first["lossNonFinite"]) == (1.25, False)
+    assert (diverged["loss"], diverged["lossNonFinite"]) == (None, True)
+    json.dumps(diverged, allow_nan=False)  # still valid JSON
 
 
 # ---- settings and launching ----

@@ -63,6 +63,7 @@ class FakeKube:
             return copy.deepcopy(obj) if obj is not None else None
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Also KubeApi.delete: gone already is fine."""
         with self._lock:
             self.objects.pop((api_version, kind, namespace, name), None)
 
@@ -86,6 +87,26 @@ class FakeKube:
 
     # ---------------------------------------------------------------- KubeApi
 
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        self._call("get")
+        return self.find(api_version, kind, namespace, name)
+
+    def replace(self, manifest: Mapping[str, Any]) -> Obj:
+        self._call("replace")
+        with self._lock:
+            key = self._key(manifest)
+            existing = self.objects.get(key)
+            if existing is None:
+                raise ApiError(404, "Not Found", {"message": "not found"})
+            version = manifest["metadata"].get("resourceVersion")
+            if version != existing["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", {"message": "the object has been modified"})
+            obj = copy.deepcopy(dict(manifest))
+            obj["metadata"]["uid"] = existing["metadata"]["uid"]
+            obj["metadata"]["resourceVersion"] = str(next(self._uids))
+            self.objects[key] = obj
+            return copy.deepcopy(obj)
+
     def get_axolotljob(self, namespace: str, name: str) -> Obj | None:
         self._call("get_axolotljob")
         return self.find(*AXJ, namespace, name)
@@ -98,15 +119,22 @@ class FakeKube:
         self._call("get_pod")
         return self.find("v1", "Pod", namespace, name)
 
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+        self._call("list")
+        return self._select(api_version, kind, namespace, selector)
+
     def list_pods(self, namespace: str, selector: str) -> list[Obj]:
         self._call("list_pods")
-        label, _, value = selector.partition("=")
+        return self._select("v1", "Pod", namespace, selector)
+
+    def _select(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
+        wanted = dict(term.partition("=")[::2] for term in selector.split(","))
         with self._lock:
             return [
                 copy.deepcopy(obj)
-                for (api, kind, ns, _), obj in self.objects.items()
-                if (api, kind, ns) == ("v1", "Pod", namespace)
-                and (obj["metadata"].get("labels") or {}).get(label) == value
+                for (api, k, ns, _), obj in self.objects.items()
+                if (api, k, ns) == (api_version, kind, namespace)
+                and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
             ]
 
     def list_axolotljob_keys(self, namespace: str | None) -> list[tuple[str, str]]:

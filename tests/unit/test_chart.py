@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, manifest
 
 CHART = REPO / "charts" / "axolotl-operator"
+RULES = CHART / "files" / "prometheus-rules.yaml"
+DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +22,10 @@ def helm() -> str:
     ).stdout.strip()
 
 
-def template(helm: str, *values: str) -> list[dict]:
+def template(helm: str, *values: str, values_file: Path | None = None) -> list[dict]:
     args = [helm, "template", "ops", str(CHART), "-n", "axolotl-system"]
+    if values_file is not None:
+        args += ["-f", str(values_file)]
     for value in values:
         args += ["--set", value]
     result = subprocess.run(args, capture_output=True, text=True, check=True)
@@ -28,6 +34,14 @@ def template(helm: str, *values: str) -> list[dict]:
 
 def test_chart_lints_strictly(helm):
     result = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    everything = ",".join(
+        f"monitoring.{value}.enabled=true"
+        for value in ("serviceMonitor", "podMonitor", "prometheusRule", "grafanaDashboard")
+    )
+    result = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), "--set", everything], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -264,6 +278,11 @@ def test_the_webhook_can_be_turned_off_and_refuses_an_unknown_policy(helm):
         ("storage.defaultSize=lots", "/storage/defaultSize"),
         ("watchNamespaces={ML}", "/watchNamespaces/0"),
         ("webhook.certManager.issuerRef.nam=x", "/webhook/certManager/issuerRef"),
+        ("monitoring.prometheusRule.stalledMinutes=0", "/monitoring/prometheusRule/stalledMinutes"),
+        ("monitoring.prometheusRule.operatorSelector=up", "/monitoring/prometheusRule/operatorSelector"),
+        ("monitoring.serviceMonitor.interval=often", "/monitoring/serviceMonitor/interval"),
+        ("monitoring.podMonitor.enable=true", "/monitoring/podMonitor"),
+        ("monitoring.grafanaDashboard.label=a b", "/monitoring/grafanaDashboard/label"),
     ],
 )
 def test_a_wrong_value_is_refused_by_the_schema_naming_it(helm, value, where):
@@ -297,6 +316,22 @@ def test_every_documented_value_renders(helm):
         "nodeSelector.pool=cpu",
         "podAnnotations.team=ml",
         "priorityClassName=system-cluster-critical",
+        "monitoring.serviceMonitor.enabled=true",
+        "monitoring.serviceMonitor.labels.release=kps",
+        "monitoring.serviceMonitor.interval=15s",
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.podMonitor.labels.release=kps",
+        "monitoring.podMonitor.interval=15s",
+        "monitoring.podMonitor.namespaceSelector.matchNames={ml}",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.prometheusRule.labels.release=kps",
+        "monitoring.prometheusRule.stalledMinutes=45",
+        'monitoring.prometheusRule.operatorSelector=job="ops"',
+        "monitoring.grafanaDashboard.enabled=true",
+        "monitoring.grafanaDashboard.label=grafana_dashboard",
+        "monitoring.grafanaDashboard.labelValue=ml",
+        "monitoring.grafanaDashboard.namespace=grafana",
+        "monitoring.grafanaDashboard.annotations.grafana_folder=ML",
     ]
     docs = template(helm, *values)
     container = operator_container(docs)
@@ -305,6 +340,7 @@ def test_every_documented_value_renders(helm):
     certificate = next(d for d in docs if d["kind"] == "Certificate")
     assert certificate["spec"]["issuerRef"] == {"name": "ca", "kind": "ClusterIssuer"}
     assert not any(d["kind"] == "ServiceAccount" for d in docs)
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
 
 
 def test_notes_say_what_to_do_next(helm):
@@ -343,3 +379,135 @@ def test_versions_come_from_one_source():
     assert __version__ == package == trainer == chart["version"] == chart["appVersion"]
     assert values["trainer"]["image"] == DEFAULT_TRAINER_IMAGE
     assert DEFAULT_TRAINER_IMAGE.rsplit(":", 1)[1].startswith(f"{package}-axolotl")
+
+
+# ---------------------------------------------------------------- monitoring (docs/monitoring.md)
+
+MONITORING = {
+    "serviceMonitor": "ServiceMonitor",
+    "podMonitor": "PodMonitor",
+    "prometheusRule": "PrometheusRule",
+    "grafanaDashboard": "ConfigMap",
+}
+
+
+def monitoring_objects(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] in MONITORING.values()]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    (found,) = [d for d in docs if d["kind"] == kind]
+    return found
+
+
+def shipped_groups() -> list[dict]:
+    return yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_each_monitoring_object_renders_only_when_its_value_is_on(helm):
+    assert monitoring_objects(template(helm)) == []
+    for value, kind in MONITORING.items():
+        rendered = monitoring_objects(template(helm, f"monitoring.{value}.enabled=true"))
+        assert [d["kind"] for d in rendered] == [kind]
+
+
+def test_the_service_monitor_scrapes_the_metrics_service_and_only_it(helm):
+    docs = template(
+        helm, "monitoring.serviceMonitor.enabled=true", "monitoring.serviceMonitor.labels.release=kps"
+    )
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    selected = [n for n, s in services.items() if selector.items() <= s["metadata"]["labels"].items()]
+    assert selected == ["ops-axolotl-operator-metrics"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    service = services[selected[0]]
+    assert {"name": "metrics", "port": 9400, "targetPort": "metrics"} in service["spec"]["ports"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+    assert endpoint["honorLabels"] is True  # the per-job series keep their job's `namespace`
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["axolotl-system"]}
+    # job="axolotl-operator": what the AxolotlOperatorDown alert selects by default
+    job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["monitoring"]["prometheusRule"]["operatorSelector"] == f'job="{job}"'
+    assert f'up{{job="{job}"}}' in RULES.read_text()
+
+
+def test_the_pod_monitor_selects_the_trainer_pods_metrics_port(helm):
+    from axolotl_operator.api import parse_job
+    from axolotl_operator.render import render
+    from axolotl_operator.settings import OperatorSettings
+    from axolotl_operator.trainer_contract import METRICS_PORT
+
+    docs = template(helm, "monitoring.podMonitor.enabled=true")
+    monitor = one(docs, "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    pod = render(parse_job(manifest()), OperatorSettings(), "ml", None).job["spec"]["template"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    operator_pod = one(docs, "Deployment")["spec"]["template"]
+    assert not selector.items() <= operator_pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (container,) = pod["spec"]["containers"]
+    assert {"name": endpoint["port"], "containerPort": METRICS_PORT} in container["ports"]
+    assert METRICS_PORT == 9402
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    only_ml = "monitoring.podMonitor.namespaceSelector.matchNames={ml}"
+    scoped = one(template(helm, "monitoring.podMonitor.enabled=true", only_ml), "PodMonitor")
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
+
+
+def test_the_prometheus_rule_is_the_shipped_rules_file(helm):
+    docs = template(
+        helm, "monitoring.prometheusRule.enabled=true", "monitoring.prometheusRule.labels.role=alert-rules"
+    )
+    rule = one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["role"] == "alert-rules"
+    assert rule["spec"]["groups"] == shipped_groups()
+
+
+def test_the_rule_values_change_only_the_stalled_window_and_the_operator_selector(helm, tmp_path):
+    values = tmp_path / "values.yaml"
+    selector = 'job="kubernetes-service-endpoints",service="ops-axolotl-operator-metrics"'
+    rule_values = {"enabled": True, "stalledMinutes": 45, "operatorSelector": selector}
+    values.write_text(yaml.safe_dump({"monitoring": {"prometheusRule": rule_values}}))
+    rendered = one(template(helm, values_file=values), "PrometheusRule")["spec"]["groups"]
+    expected = shipped_groups()
+    changed = set()
+    for rule in expected[0]["rules"]:
+        expr = (
+            rule["expr"]
+            .replace("[30m]", "[45m]")
+            .replace("offset 30m", "offset 45m")
+            .replace('job="axolotl-operator"', selector)
+        )
+        if expr != rule["expr"]:
+            changed.add(rule["alert"])
+        rule["expr"] = expr
+    assert rendered == expected
+    assert changed == {"AxolotlJobStalled", "AxolotlOperatorDown"}
+    by_name = {r["alert"]: r["expr"] for r in rendered[0]["rules"]}
+    assert "[45m]" in by_name["AxolotlJobStalled"] and "offset 45m" in by_name["AxolotlJobStalled"]
+    assert "30m" not in by_name["AxolotlJobStalled"]
+    assert f"absent(up{{{selector}}})" in by_name["AxolotlOperatorDown"]
+
+
+def test_the_dashboard_config_map_carries_the_shipped_json_for_grafanas_sidecar(helm, tmp_path):
+    config_map = one(template(helm, "monitoring.grafanaDashboard.enabled=true"), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "axolotl-system"
+    assert json.loads(config_map["data"]["axolotl-operator.json"]) == json.loads(DASHBOARD.read_text())
+    values = tmp_path / "values.yaml"
+    dashboard_values = {
+        "enabled": True,
+        "label": "grafana.com/dashboard",
+        "labelValue": "true",
+        "namespace": "grafana",
+        "annotations": {"grafana_folder": "ML"},
+    }
+    values.write_text(yaml.safe_dump({"monitoring": {"grafanaDashboard": dashboard_values}}))
+    config_map = one(template(helm, values_file=values), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana.com/dashboard"] == "true"
+    assert config_map["metadata"]["namespace"] == "grafana"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "ML"}

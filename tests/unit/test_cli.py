@@ -74,6 +74,16 @@ def test_render_prints_what_the_operator_creates():
     ]
 
 
+def test_render_prints_the_notebook_as_it_runs_while_training():
+    result = run("render", str(EXAMPLES / "notebook.yaml"), "-n", "team")
+    assert result.returncode == 0, result.stderr
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout)}
+    deployment = documents[("Deployment", "notebook-quickstart-notebook")]
+    assert documents[("Service", "notebook-quickstart-notebook")]["spec"]["type"] == "ClusterIP"
+    assert "podAffinity" in deployment["spec"]["template"]["spec"]["affinity"]  # ReadWriteOnce, training
+    assert "ownerReferences" not in deployment["metadata"]
+
+
 def test_render_refuses_an_invalid_job():
     result = run("render", "-", stdin=yaml.safe_dump(manifest({"s2_attention": True})))
     assert result.returncode == 1 and "spec.config.s2_attention" in result.stderr and result.stdout == ""

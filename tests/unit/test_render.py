@@ -214,6 +214,19 @@ def test_queue_name_creates_the_job_suspended_for_kueue():
     assert job["spec"]["suspend"] is True
 
 
+def test_a_workload_priority_class_labels_the_job_for_kueue():
+    job = _render(manifest(queueName="team-a", workloadPriorityClassName="urgent")).job
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"
+    assert "kueue.x-k8s.io/priority-class" not in job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_a_workload_priority_class_without_a_queue_is_refused_naming_both_fields():
+    with pytest.raises(SpecError) as raised:
+        parse_job(manifest(workloadPriorityClassName="urgent"))
+    message = str(raised.value)
+    assert "spec.workloadPriorityClassName" in message and "spec.queueName" in message
+
+
 def test_owner_references_on_owned_children_only():
     owner = {"metadata": {"name": "demo", "uid": "1234"}}
     children = _render(manifest(nodes=2), owner=owner)

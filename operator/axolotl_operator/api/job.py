@@ -23,6 +23,9 @@ MAX_NAME_LENGTH = 50
 INT32_MAX = 2**31 - 1  # the Job's counters and durations are int32 in the API
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+# JupyterLab reads its token from this variable; the notebook's tokenSecret becomes it.
+NOTEBOOK_TOKEN_ENV = "JUPYTER_TOKEN"
+
 AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
 
 
@@ -102,6 +105,22 @@ class PodMetadata(KubeModel):
     annotations: dict[LabelKey, str] | None = field("Annotations added to the training pods.")
 
 
+class Notebook(KubeModel):
+    """JupyterLab next to the job, on its volume: look at the data, the checkpoints and the adapter."""
+
+    enabled: bool = field("Run the notebook; false deletes it (never the claim).", False)
+    token_secret: SecretKeyRef | None = field(
+        "Secret key holding JupyterLab's token (JUPYTER_TOKEN); required when enabled, never inline."
+    )
+    image: Image | None = field("Notebook image; default the job's trainer image (it has JupyterLab).")
+    gpus: int = field("GPUs for the notebook; default 0 (CPU only).", default=0, ge=0, le=64)
+    resources: ResourceRequirements | None = field("CPU and memory requests and limits of the notebook.")
+    node_selector: dict[LabelKey, LabelValue] | None = field(
+        "Node labels the notebook pod must match (the training pods' are not copied: a CPU notebook "
+        "need not take a GPU node). With a ReadWriteOnce claim it follows the training pod while that runs."
+    )
+
+
 class AxolotlJobSpec(KubeModel):
     """What to train and where: the Axolotl config plus the Kubernetes settings of its pods."""
 
@@ -114,6 +133,9 @@ class AxolotlJobSpec(KubeModel):
     env: list[EnvVar] | None = field("Extra environment variables for the trainer.")
     suspend: bool = field("Suspend the job: running pods stop; false resumes it.", default=False)
     queue_name: LabelValue | None = field("Kueue LocalQueue; the job waits suspended until Kueue admits it.")
+    workload_priority_class_name: LabelValue | None = field(
+        "Kueue WorkloadPriorityClass: the job's place in its queue (needs queueName)."
+    )
     backoff_limit: int = field(
         "Pod retries before the job fails; retries resume from a checkpoint.", 3, ge=0, le=INT32_MAX
     )
@@ -130,6 +152,7 @@ class AxolotlJobSpec(KubeModel):
     service_account_name: DnsSubdomain | None = field("ServiceAccount of the training pods.")
     image_pull_secrets: list[LocalObjectReference] | None = field("Secrets to pull the trainer image.")
     pod_metadata: PodMetadata | None = field("Labels and annotations for the training pods.")
+    notebook: Notebook | None = field("JupyterLab on the job's volume, reached by kubectl port-forward.")
     config: AxolotlConfig = Field(
         description="The Axolotl training config (snake_case, as in Axolotl's YAML); immutable."
     )

@@ -40,6 +40,7 @@ class ConditionType(StrEnum):
     READY = "Ready"
     STALLED = "Stalled"
     RECONCILING = "Reconciling"
+    NOTEBOOK_READY = "NotebookReady"  # only while spec.notebook.enabled
 
 
 class Reason(StrEnum):
@@ -76,6 +77,19 @@ class Reason(StrEnum):
     JOB_DELETED = "JobDeleted"
     # Events only
     SPEC_WARNING = "SpecWarning"
+    # The NotebookReady condition (with the pod diagnoses above, ChildNameConflict and CreateRejected)
+    NOTEBOOK_RUNNING = "NotebookRunning"
+    NOTEBOOK_STARTING = "NotebookStarting"
+    WAITING_FOR_TRAINING_POD = "WaitingForTrainingPod"  # a ReadWriteOnce claim: on the training pod's node
+    WAITING_FOR_CLAIM = "WaitingForClaim"  # a ReadWriteOncePod claim: after the training pod
+
+
+class NotebookPlacement(StrEnum):
+    """Where the notebook may run, given the claim's access modes and whether training runs now."""
+
+    ANYWHERE = "Anywhere"  # a shared claim (ReadWriteMany/ReadOnlyMany), or no training pod running
+    WITH_TRAINING_POD = "WithTrainingPod"  # ReadWriteOnce while training: pod affinity to its node
+    AFTER_TRAINING = "AfterTraining"  # ReadWriteOncePod while training: scaled to 0 until it ends
 
 
 # Pending reasons that need the user's attention: their transitions are Warning Events.
@@ -117,6 +131,9 @@ class Progress(KubeModel):
     percent: int | None = field("Progress in percent.")
     epoch: float | None = field("Epochs done, fractional.")
     loss: float | None = field("Latest training loss.")
+    loss_non_finite: bool | None = field(
+        "True when the latest loss was NaN or infinite (the run diverged); loss is then absent."
+    )
     learning_rate: float | None = field("Current learning rate.")
     grad_norm: float | None = field("Latest gradient norm.")
     tokens_per_second: float | None = field("Training throughput in tokens per second.")
@@ -132,6 +149,19 @@ class Outputs(KubeModel):
     last_checkpoint: str | None = field("The newest checkpoint the trainer wrote.")
 
 
+class NotebookStatus(KubeModel):
+    """How to reach the job's JupyterLab."""
+
+    service_name: str = Field(description="ClusterIP Service of the notebook (port 8888).")
+    ready: bool = Field(description="Whether JupyterLab answers (its pod is ready).")
+    placement: NotebookPlacement = Field(
+        description="Anywhere, WithTrainingPod (a ReadWriteOnce claim while training runs) or "
+        "AfterTraining (a ReadWriteOncePod claim: the notebook starts when training ends)."
+    )
+    port_forward: str = Field(description="The command that makes it reachable at http://127.0.0.1:8888/lab.")
+    message: str | None = field("Why the notebook is not ready, and what to do.")
+
+
 # A map list keyed by `type`: server-side apply merges conditions per type instead of replacing them.
 CONDITIONS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
@@ -143,7 +173,8 @@ class AxolotlJobStatus(KubeModel):
     observed_generation: int | None = field("The spec generation the status reflects.")
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Created, Running, Succeeded, Failed, Suspended, Ready, Stalled, Reconciling.",
+        description="Created, Running, Succeeded, Failed, Suspended, Ready, Stalled, Reconciling "
+        "(and NotebookReady with spec.notebook).",
         json_schema_extra=CONDITIONS_LIST_MAP,
     )
     progress: Progress | None = field("Live training progress.")
@@ -157,6 +188,7 @@ class AxolotlJobStatus(KubeModel):
     config_map_name: str | None = field("Name of the ConfigMap holding the rendered config.")
     claim_name: str | None = field("Name of the PersistentVolumeClaim mounted at /workspace/data.")
     outputs: Outputs | None = field("Where the result is.")
+    notebook: NotebookStatus | None = field("The job's JupyterLab (spec.notebook), and how to reach it.")
 
     def owned(self) -> dict[str, Any]:
         """The operator's part of the status as JSON (everything but `progress`), None fields absent."""

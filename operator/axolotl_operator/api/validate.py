@@ -18,7 +18,7 @@ from ..yamlio import dump
 from .compat import translate_config
 from .config import AxolotlConfig, Dataset
 from .issues import FieldIssue, SpecError, config_path, join_path, value_kind
-from .job import MAX_NAME_LENGTH, AxolotlJob
+from .job import MAX_NAME_LENGTH, NOTEBOOK_TOKEN_ENV, AxolotlJob
 from .known_keys import axolotl_keys, did_you_mean
 from .messages import echo, example_from, humanize
 from .secrets_guard import find_spec_secrets
@@ -31,13 +31,19 @@ TOP_LEVEL_MAPPINGS = {
 # What the operator sets in the trainer container is its contract with the runner, not the user's to
 # override (a changed progress URL or token file would send the pod's token elsewhere); tokens come
 # from Secret references only; the dynamic loader's hooks would run code inside the runner.
-SECRET_SOURCED_ENV = {Env.HF_TOKEN: "spec.secrets.hfToken", Env.WANDB_API_KEY: "spec.secrets.wandbApiKey"}
+SECRET_SOURCED_ENV = {
+    Env.HF_TOKEN: "spec.secrets.hfToken",
+    Env.WANDB_API_KEY: "spec.secrets.wandbApiKey",
+    NOTEBOOK_TOKEN_ENV: "spec.notebook.tokenSecret",
+}
 RESERVED_ENV = frozenset(v for k, v in vars(Env).items() if not k.startswith("_")) | {
     "LD_PRELOAD",
     "LD_AUDIT",
 }
 RESERVED_LABEL_PREFIXES = ("axolotl.ai/", "batch.kubernetes.io/", "app.kubernetes.io/")
-RESERVED_LABELS = frozenset({"controller-uid", "job-name", "kueue.x-k8s.io/queue-name"})
+RESERVED_LABELS = frozenset(
+    {"controller-uid", "job-name", "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class"}
+)
 MAX_UNKNOWN_WARNINGS = 50
 MAX_DEPTH = 64  # Axolotl configs nest a few levels; hundreds only crash recursive code
 # Axolotl has about 600 keys; a spec of 60,000 takes the webhook seconds to judge (the YAML dump for the
@@ -286,6 +292,23 @@ def _cross_field_issues(job: AxolotlJob) -> list[FieldIssue]:
                     "(and a StorageClass that supports it) or an existingClaim",
                 )
             )
+    if spec.workload_priority_class_name and not spec.queue_name:
+        issues.append(
+            FieldIssue(
+                "spec.workloadPriorityClassName",
+                "only Kueue reads it, and only for a queued job: set spec.queueName to a LocalQueue, "
+                "or use spec.priorityClassName for the pods' own priority",
+            )
+        )
+    if spec.notebook is not None and spec.notebook.enabled and spec.notebook.token_secret is None:
+        issues.append(
+            FieldIssue(
+                "spec.notebook.tokenSecret",
+                "required when the notebook is enabled: anyone with the token runs code with the job's "
+                "Secrets; create one (kubectl create secret generic my-notebook "
+                "--from-literal=token=$(openssl rand -hex 24)) and set {name: my-notebook, key: token}",
+            )
+        )
     return issues
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..api.status import (
     OWNED_STATUS_KEYS,
     PROBLEM_REASONS,
     TERMINAL_PHASES,
     AxolotlJobStatus,
+    Condition,
+    ConditionType,
+    NotebookStatus,
     Outputs,
     Phase,
     Reason,
@@ -28,6 +31,9 @@ from .conditions import conditions_for, set_condition
 from .diagnosis import pod_failure, pod_problem
 from .model import JobFacts, Observation, Transition, facts_of, facts_of_error
 from .phase import RULES, observe
+
+if TYPE_CHECKING:
+    from ..notebook import NotebookView
 
 __all__ = [
     "RULES",
@@ -71,25 +77,45 @@ def compute_status(
     now: str,
     foreign_job: Obj | None = None,
     blocker: tuple[Reason, str] | None = None,
+    notebook: NotebookView | None = None,
 ) -> StatusResult:
     """The new status of the AxolotlJob and the transitions to announce as Events.
 
     `foreign_job`: a Job with the job's name that another (deleted) AxolotlJob still controls.
     `blocker`: why the last reconcile could not create the children (a name conflict, a refused create).
+    `notebook`: what the notebook keeper found (spec.notebook enabled), shown with a NotebookReady condition.
     """
     previous: Obj = axj.get("status") or {}
     meta = axj.get("metadata") or {}
     generation = meta.get("generation")
     names = Names.of(meta.get("name", ""))
     obs = observe(previous, Observed(job, pods, foreign_job), facts, blocker)
+    conditions = conditions_for(
+        previous.get("conditions") or [], obs, _created(previous, job, facts, names), generation, now
+    )
+    notebook_shown: NotebookStatus | None = None
+    if notebook is not None:
+        from ..notebook import notebook_condition, notebook_status  # the notebook module builds on this one
+
+        shown = notebook_status(notebook, meta["namespace"], meta["name"], facts)
+        notebook_shown, ready, reason, message = shown
+        conditions.append(
+            notebook_condition(previous.get("conditions") or [], ready, reason, message, generation, now)
+        )
+    elif facts.spec_errors and previous.get("notebook"):  # an invalid edit changes nothing: keep showing it
+        notebook_shown = NotebookStatus.model_validate(previous["notebook"])
+        conditions.extend(
+            Condition.model_validate(c)
+            for c in previous.get("conditions") or []
+            if c.get("type") == ConditionType.NOTEBOOK_READY
+        )
     status = AxolotlJobStatus(
         phase=obs.phase,
         reason=obs.reason,
         message=obs.message,
         observed_generation=generation,
-        conditions=conditions_for(
-            previous.get("conditions") or [], obs, _created(previous, job, facts, names), generation, now
-        ),
+        conditions=conditions,
+        notebook=notebook_shown,
     )
     if not facts.spec_errors or job is not None:
         status.job_name = names.job

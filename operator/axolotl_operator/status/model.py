@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..api.status import Phase, Reason
+
+if TYPE_CHECKING:
+    from ..notebook import NotebookPlan
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class JobFacts:
     suspend: bool = False
     backoff_limit: int | None = None
     active_deadline_seconds: int | None = None
+    notebook: NotebookPlan | None = None  # spec.notebook, enabled
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,18 @@ class Transition:
 
 def facts_of(parsed: Any, settings: Any) -> JobFacts:
     """JobFacts of a valid job (a ParsedJob and the OperatorSettings)."""
-    from ..constants import Names
-    from ..render import training_config  # pure; imported here so the status package stays small
+    from ..notebook import plan
+    from ..render import (  # pure; imported here: no import cycle
+        claim_access_modes,
+        existing_claim,
+        mounted_claim,
+        training_config,
+    )
 
     spec = parsed.job.spec
     config, _ = training_config(parsed)
-    storage = spec.storage
-    claim = storage.existing_claim if storage and storage.existing_claim else Names.of(parsed.name).claim
+    existing = existing_claim(parsed.job)
+    claim = mounted_claim(parsed)
     return JobFacts(
         warnings=tuple(str(w) for w in parsed.warnings),
         output_dir=config.get("output_dir"),
@@ -64,6 +73,7 @@ def facts_of(parsed: Any, settings: Any) -> JobFacts:
         suspend=spec.suspend,
         backoff_limit=spec.backoff_limit,
         active_deadline_seconds=spec.active_deadline_seconds,
+        notebook=plan(parsed, settings, None if existing else claim_access_modes(spec)),
     )
 
 

@@ -121,13 +121,25 @@ def test_operator_runs_with_the_charts_least_privilege_rbac(op, namespace, helm,
         kept = kubectl_json("get", "secret", f"{name}-webhook-tls", "-n", namespace)["data"]
         assert set(kept) == {"ca.crt", "ca.key", "tls.crt", "tls.key"} and kept["ca.crt"] == bundle
         kubectl("create", "secret", "generic", "hf", "-n", namespace, "--from-literal=token=x")
-        apply_yaml(make_axj("least", secrets={"hfToken": {"name": "hf", "key": "token"}}), namespace)
+        notebook = {"enabled": True, "tokenSecret": {"name": "hf", "key": "token"}}
+        secrets = {"hfToken": {"name": "hf", "key": "token"}}
+        apply_yaml(make_axj("least", secrets=secrets, notebook=notebook), namespace)
         apply_yaml(
             make_axj("wrong", config={"load_in_4bit": True, "adapter": None, "lora_r": None}), namespace
         )
         wait_phase(namespace, "least", "Succeeded")
         assert len(children(namespace, "least", "pvc")) == 1
         wait_events(namespace, "least", "Succeeded")
+
+        def notebook_shown() -> dict | None:  # created, then moved (updated) once training ended
+            shown = (kubectl_json("get", "axj", "least", "-n", namespace)["status"]).get("notebook") or {}
+            return shown if shown.get("ready") and shown.get("placement") == "Anywhere" else None
+
+        wait_for(notebook_shown, timeout=60, what="the notebook, with the chart's RBAC")
+        patch = '{"spec":{"notebook":{"enabled":false}}}'
+        kubectl("patch", "axj", "least", "-n", namespace, "--type=merge", "-p", patch)
+        gone = lambda: not children(namespace, "least", "deployments")  # noqa: E731
+        wait_for(gone, timeout=60, what="the notebook deleted")
         wait_phase(namespace, "wrong", "Failed", "InvalidSpec")
         wait_events(namespace, "wrong", "InvalidSpec")
     finally:

@@ -91,6 +91,14 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _non_finite(value: Any) -> bool:
+    """A number that JSON cannot carry: NaN or an infinity (a diverged loss)."""
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
@@ -114,9 +122,11 @@ class ProgressReport:
     job_namespace: str = ""
     timestamp: str = ""
     final: bool = False
+    loss_non_finite: bool = False  # NaN or infinite loss: JSON cannot carry it, the flag says so
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON body; keys are camelCase, numbers finite or null."""
+        """The JSON body; keys are camelCase, numbers finite or null (`lossNonFinite` marks a NaN or
+        infinite loss, sent as null)."""
         return {
             "jobName": self.job_name,
             "jobNamespace": self.job_namespace,
@@ -130,6 +140,7 @@ class ProgressReport:
             "tokensPerSecond": _finite(self.tokens_per_second),
             "etaSeconds": _finite(self.eta_seconds),
             "final": bool(self.final),
+            "lossNonFinite": self.loss_non_finite or _non_finite(self.loss),
         }
 
     @classmethod
@@ -148,6 +159,7 @@ class ProgressReport:
             job_namespace=str(data.get("jobNamespace") or ""),
             timestamp=str(data.get("timestamp") or ""),
             final=bool(data.get("final", False)),
+            loss_non_finite=data.get("lossNonFinite") is True,
         )
 
 
