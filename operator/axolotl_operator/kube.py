@@ -78,7 +78,9 @@ class KubeApi(Protocol):
     def list_axolotljob_keys(self, namespace: str | None) -> list[tuple[str, str]]: ...
     def create(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]: ...
     def replace(self, manifest: Mapping[str, Any]) -> Obj: ...
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None
+    ) -> None: ...
     def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str = ""
     ) -> Obj: ...
@@ -204,10 +206,12 @@ class Kube:
         path = path_of(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         return self.request("PUT", path, body=dict(manifest))
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        """Delete (its dependents in the background, by the garbage collector); gone already is fine."""
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete (its dependents in the background, by the garbage collector); gone already is fine.
+        With `uid`, only that object: a namesake made since it was read is left alone (409)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            self.request("DELETE", path_of(api_version, kind, namespace, name))
+            self.request("DELETE", path_of(api_version, kind, namespace, name), body=body)
         except ApiError as exc:
             if exc.status != 404:
                 raise

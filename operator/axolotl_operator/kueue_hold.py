@@ -87,13 +87,18 @@ class KueueHold:
         except ApiError as exc:
             if exc.status == 404:  # no Kueue here (or the Workload just went): nothing to hold
                 return
-            if exc.status == 403 and not self._warned:
-                self._warned = True
-                log.warning(
-                    "cannot read or patch Kueue Workloads (%s): a suspended queued job may be restarted "
-                    "by Kueue; grant workloads.kueue.x-k8s.io list and patch (the chart does)",
-                    exc,
-                )
+            # Never in the way of the job's status: the next sync (a Job event, e.g. Kueue starting the
+            # Job again, or the resync) tries again.
+            if exc.status == 403 and self._warned:
                 return
-            if exc.status != 403:
-                raise
+            self._warned = self._warned or exc.status == 403
+            hint = "; grant workloads.kueue.x-k8s.io list and patch (the chart does)"
+            hint = hint if exc.status == 403 else ""
+            log.warning(
+                "%s/%s: cannot read or patch Kueue Workloads (%s): a suspended queued job may be restarted "
+                "by Kueue until this works%s",
+                namespace,
+                meta["name"],
+                exc,
+                hint,
+            )

@@ -18,6 +18,7 @@ from .constants import JOB_LABEL, Names
 from .kube import REJECTED_STATUSES, ApiError, KubeApi, Obj
 from .notebook import (
     COMPONENT,
+    SHARED_MODES,
     UNKNOWN_MODES,
     NotebookPlan,
     NotebookView,
@@ -27,6 +28,7 @@ from .notebook import (
     training_active,
 )
 from .ownership import Ownership, describe, ownership
+from .status.children import get
 from .status.diagnosis import clip
 from .status.model import JobFacts
 
@@ -47,13 +49,36 @@ class NotebookKeeper:
             if (axj.get("status") or {}).get("notebook"):
                 self._remove(axj)
             return None
-        previous_phase = (axj.get("status") or {}).get("phase")
-        if job is None and previous_phase not in TERMINAL_PHASES:
+        try:
+            return self._keep(axj, plan, job)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise  # transient (409, 429, 5xx): retried with the status, with backoff
+            # Forbidden (RBAC not upgraded, an admission policy, a quota): shown, not retried in a loop.
+            why = f"the API server forbids the notebook's objects: {clip(str(exc), 500)}"
+            log.warning("%s/%s: %s", axj["metadata"]["namespace"], axj["metadata"]["name"], why)
+            problem = (Reason.CREATE_REJECTED, f"{why}. Check the operator's RBAC and admission policies")
+            return NotebookView(NotebookPlacement.ANYWHERE, problem=problem, gpus=plan.gpus)
+
+    def _keep(self, axj: Obj, plan: NotebookPlan, job: Obj | None) -> NotebookView:
+        status = axj.get("status") or {}
+        finished = status.get("phase") in TERMINAL_PHASES
+        started = bool(finished or status.get("startTime") or get(job, "status", "startTime"))
+        if job is None and not started:
             # Not before the training Job: a notebook first on a ReadWriteOnce claim could bind it to a
             # node the training pod cannot use.
             waiting = (Reason.NOTEBOOK_STARTING, "the notebook is created once the training Job exists")
             return NotebookView(NotebookPlacement.ANYWHERE, problem=waiting, gpus=plan.gpus)
-        placement = placement_for(self._claim_modes(axj, plan), training_active(job))
+        modes = self._claim_modes(axj, plan)
+        if not started and not SHARED_MODES & set(modes):
+            # A queued or suspended job that never ran: the same, until its training pod has used the claim.
+            waiting = (
+                Reason.WAITING_FOR_TRAINING_POD,
+                "the claim is ReadWriteOnce: the notebook starts once training has started (the training "
+                "pod binds the claim first, so it lands where the GPUs are)",
+            )
+            return NotebookView(NotebookPlacement.WITH_TRAINING_POD, problem=waiting, gpus=plan.gpus)
+        placement = placement_for(modes, training_active(job))
         deployment, service = desired(plan, placement, axj["metadata"]["namespace"], axj)
         problem = self._ensure(service, axj) or self._ensure(deployment, axj)
         pods: list[Obj] = []
@@ -108,7 +133,13 @@ class NotebookKeeper:
         for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
             existing = self.kube.get(api_version, kind, meta["namespace"], name)
             if existing is not None and ownership(existing, meta["name"], meta["uid"]) is Ownership.OURS:
-                self.kube.delete(api_version, kind, meta["namespace"], name)
+                uid = existing["metadata"].get("uid")
+                try:
+                    self.kube.delete(api_version, kind, meta["namespace"], name, uid=uid)
+                except ApiError as exc:
+                    if exc.status != 409:  # 409: replaced since it was read; the new one is not ours
+                        raise
+                    continue
                 log.info("%s/%s: deleted notebook %s %s", meta["namespace"], meta["name"], kind, name)
 
 

@@ -62,10 +62,13 @@ class FakeKube:
             obj = self.objects.get((api_version, kind, namespace, name))
             return copy.deepcopy(obj) if obj is not None else None
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        """Also KubeApi.delete: gone already is fine."""
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Also KubeApi.delete: gone already is fine; a `uid` precondition that does not match is a 409."""
         with self._lock:
-            self.objects.pop((api_version, kind, namespace, name), None)
+            key = (api_version, kind, namespace, name)
+            if uid and key in self.objects and self.objects[key]["metadata"].get("uid") != uid:
+                raise ApiError(409, "Conflict", {"message": "Precondition failed: UID in precondition"})
+            self.objects.pop(key, None)
 
     def fail(self, method: str, status: int, times: int = 1) -> None:
         """The next `times` calls of `method` answer HTTP `status`."""

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from axolotl_operator.api import SpecError, parse_job
 from axolotl_operator.api.status import NotebookPlacement, Reason
+from axolotl_operator.kube import ApiError
 from axolotl_operator.notebook import desired, placement_for, plan, training_active
 from axolotl_operator.notebook_keeper import NotebookKeeper
 from axolotl_operator.render import render
@@ -41,13 +42,12 @@ def facts(obj: dict[str, Any]):
     return facts_of(parse_job(obj), SETTINGS)
 
 
-def training_job(*conditions: str, suspend: bool = False) -> dict[str, Any]:
+def training_job(*conditions: str, suspend: bool = False, started: bool = True) -> dict[str, Any]:
     conds = [{"type": c, "status": "True"} for c in conditions]
-    return {
-        "metadata": {"name": NAME, "uid": "j-1"},
-        "spec": {"suspend": suspend},
-        "status": {"conditions": conds},
-    }
+    status: dict[str, Any] = {"conditions": conds}
+    if started:
+        status["startTime"] = "2026-12-03T05:00:00Z"
+    return {"metadata": {"name": NAME, "uid": "j-1"}, "spec": {"suspend": suspend}, "status": status}
 
 
 def notebook_pod(ready: bool = False, **status: Any) -> dict[str, Any]:
@@ -73,6 +73,16 @@ def test_enabled_without_a_token_secret_is_refused_naming_the_field_and_the_fix(
         parse_job(obj)
     message = str(raised.value)
     assert "spec.notebook.tokenSecret" in message and "kubectl create secret" in message
+
+
+def test_a_job_name_that_cannot_name_a_service_is_refused_with_the_notebook_on():
+    obj = manifest(notebook={"enabled": True, "tokenSecret": TOKEN})
+    obj["metadata"]["name"] = "7b-lora"
+    with pytest.raises(SpecError) as raised:
+        parse_job(obj)
+    assert "metadata.name" in str(raised.value) and "job-7b-lora" in str(raised.value)
+    obj["spec"]["notebook"]["enabled"] = False
+    assert parse_job(obj).name == "7b-lora"  # without a notebook the name is fine
 
 
 def test_a_disabled_notebook_needs_no_token_and_renders_nothing():
@@ -284,6 +294,49 @@ def test_a_refused_create_is_a_status_not_a_retry_loop(kube):
     _, result = sync(kube, notebook_job(), training_job())
     assert condition(result, "NotebookReady")["reason"] == "CreateRejected"
     assert "spec.notebook" in result.status["notebook"]["message"]
+
+
+def test_a_queued_or_suspended_job_that_never_ran_keeps_its_exclusive_claim_for_the_training_pod(kube):
+    """The first pod to use a WaitForFirstConsumer claim binds it to its node: not the notebook's."""
+    view, result = sync(kube, notebook_job(), training_job(suspend=True, started=False))
+    assert kube.find("apps/v1", "Deployment", NS, "demo-notebook") is None
+    assert view.problem[0] == Reason.WAITING_FOR_TRAINING_POD
+    assert condition(result, "NotebookReady")["reason"] == "WaitingForTrainingPod"
+    # A shared claim has no such node: the notebook may start at once.
+    shared = notebook_job(storage={"size": "1Gi", "accessModes": ["ReadWriteMany"]})
+    view, _ = sync(kube, shared, training_job(suspend=True, started=False))
+    assert view.problem is None and kube.find("apps/v1", "Deployment", NS, "demo-notebook") is not None
+
+
+def test_a_forbidden_object_is_shown_in_the_status_and_the_status_still_written(kube):
+    kube.fail("get", 403)
+    view, result = sync(kube, notebook_job(), training_job())
+    assert view.problem[0] == Reason.CREATE_REJECTED and "forbids" in view.problem[1]
+    assert condition(result, "NotebookReady")["status"] == "False"
+    assert result.status["phase"]  # the training's own status is computed as usual
+
+
+def test_a_transient_error_is_raised_for_the_status_queue_to_retry(kube):
+    kube.fail("get", 503)
+    with pytest.raises(ApiError):
+        sync(kube, notebook_job(), training_job())
+
+
+def test_turning_it_off_deletes_the_object_it_read_not_one_made_since(kube):
+    obj = notebook_job()
+    _, result = sync(kube, obj, training_job())
+    obj["status"] = result.status
+    obj["spec"]["notebook"]["enabled"] = False
+    deleted: list[str | None] = []
+    real_delete = kube.delete
+
+    def delete(api_version, kind, namespace, name, uid=None):
+        deleted.append(uid)
+        real_delete(api_version, kind, namespace, name, uid=uid)
+
+    kube.delete = delete  # type: ignore[method-assign]
+    sync(kube, obj, training_job())
+    assert len(deleted) == 2 and all(deleted)  # both with the uid precondition
 
 
 def test_turning_it_off_deletes_the_notebook_only_and_drops_it_from_the_status(kube):

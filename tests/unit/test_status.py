@@ -187,6 +187,14 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
     assert cond(result, "Stalled")["status"] == "False"
 
 
+def test_a_finite_final_loss_clears_an_earlier_non_finite_one():
+    text = summary(outcome="succeeded", exitCode=0, steps=10, totalSteps=10, finalLoss=0.75)
+    done = pod("Succeeded", state=terminated(0, text, reason="Completed"))
+    previous = {"phase": "Running", "progress": {"step": 9, "lossNonFinite": True}}
+    result = run(job(("Complete", "", ""), succeeded=1, completionTime=T1), [done], previous=previous)
+    assert result.progress["loss"] == 0.75 and "lossNonFinite" not in result.progress
+
+
 def test_multi_node_success_takes_rank_zeros_numbers_whichever_pod_finished_last():
     rank0 = pod("Succeeded", name="demo-0-a", finished=T0,
                 state=terminated(0, summary(outcome="succeeded", exitCode=0, steps=40, totalSteps=40,

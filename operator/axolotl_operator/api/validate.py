@@ -300,6 +300,15 @@ def _cross_field_issues(job: AxolotlJob) -> list[FieldIssue]:
                 "or use spec.priorityClassName for the pods' own priority",
             )
         )
+    notebook_on = spec.notebook is not None and spec.notebook.enabled
+    if notebook_on and not job.metadata.name[:1].isalpha():
+        issues.append(
+            FieldIssue(
+                "metadata.name",
+                f"the notebook's Service {job.metadata.name}-notebook needs a name that starts with a letter "
+                "(a Kubernetes Service name rule): rename the job, e.g. job-" + job.metadata.name,
+            )
+        )
     if spec.notebook is not None and spec.notebook.enabled and spec.notebook.token_secret is None:
         issues.append(
             FieldIssue(

@@ -172,6 +172,7 @@ def _final_progress(
         progress["percent"] = min(100, steps * 100 // total)
     if isinstance(summary.get("finalLoss"), int | float):
         progress["loss"] = summary["finalLoss"]
+        progress.pop("lossNonFinite", None)  # the run ended on a finite loss
     if phase == Phase.SUCCEEDED:
         progress["etaSeconds"] = 0
     progress["updatedAt"] = finished

@@ -64,8 +64,10 @@ class OperatorProcess:
         scope: tuple[str, ...] = ("--all-namespaces",),
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        command: tuple[str, ...] | None = None,
     ) -> None:
         self.log_path = log_path
+        self.command = command or (operator_binary(),)  # another version's: (python, -m, ...)
         self.scope = scope
         self.extra_args = extra_args
         self.env = env or {}
@@ -78,7 +80,7 @@ class OperatorProcess:
         """Start the process; with `wait`, return once its liveness endpoint answers."""
         self.health_port, self.metrics_port = free_port(), free_port()
         argv = [
-            operator_binary(),
+            *self.command,
             "run",
             *self.scope,
             "--liveness",
