@@ -46,8 +46,22 @@ CHART = "charts/axolotl-operator"
 NO_WEBHOOK = ("--set", "webhook.enabled=false")  # its pod does not really run here to answer
 
 
+def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, timeout=300, check=False)
+
+
+def have_revision(revision: str) -> bool:
+    """Whether the checkout has `revision`; a shallow clone fetches its history from its origin first."""
+    if git("cat-file", "-e", f"{revision}^{{commit}}").returncode == 0:
+        return True
+    if git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true":
+        git("fetch", "--quiet", "--unshallow")
+    return git("cat-file", "-e", f"{revision}^{{commit}}").returncode == 0
+
+
 def extract(revision: str, paths: list[str], into: Path) -> Path:
     """The files of `paths` as they were at `revision` (git archive: no checkout, no worktree)."""
+    assert have_revision(revision), f"this checkout lacks the previous version {revision}: clone with history"
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", revision, *paths],
         capture_output=True,
