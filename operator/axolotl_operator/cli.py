@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from . import __version__
+from . import __version__, gpu_plan
 from .admission import LOCAL_CONFIGURATION
 from .api import KIND, SpecError, parse_job
 from .api.secrets_guard import redact
@@ -133,6 +134,39 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    model_config = None
+    if args.model_config:
+        try:
+            model_config = json.loads(Path(args.model_config).read_text())
+        except ValueError as exc:
+            raise InputError(f"{args.model_config}: not a JSON config.json: {exc}") from None
+        if not isinstance(model_config, dict):
+            raise InputError(f"{args.model_config}: not a JSON object")
+    jobs = _jobs(_documents(args.file))
+    if not jobs:
+        print(f"{args.file}: error: no {KIND} document found", file=sys.stderr)
+        return 1
+    for manifest in jobs:
+        try:
+            parsed = parse_job(manifest)
+        except SpecError as exc:
+            for error in exc.errors:
+                print(f"{args.file}: error: {error}", file=sys.stderr)
+            return 1
+        spec = parsed.job.spec
+        try:
+            result = gpu_plan.plan(
+                str(parsed.config.get("base_model")), parsed.config, spec.gpus, spec.nodes, model_config
+            )
+        except gpu_plan.PlanError as exc:
+            print(f"{args.file}: {parsed.name}: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{parsed.name}:")
+        sys.stdout.write(gpu_plan.render_plan(result))
+    return 0
+
+
 def _notebook(parsed: ParsedJob, settings: OperatorSettings, namespace: str) -> tuple[dict[str, Any], ...]:
     """The notebook's objects as they are while training runs (an existing claim taken as ReadWriteOnce)."""
     notebook = facts_of(parsed, settings).notebook
@@ -203,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace")
     p.add_argument("--gpus", type=int, help="GPUs per node (0 for a CPU-only job)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("plan", help="estimate the GPU memory a job needs, per GPU, before it runs")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--model-config", metavar="CONFIG_JSON", help="the base model's config.json")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("crd", help="print the CustomResourceDefinition")
     p.set_defaults(func=cmd_crd)
