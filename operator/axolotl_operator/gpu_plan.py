@@ -222,9 +222,7 @@ def _targets(config: Mapping[str, Any]) -> tuple[str, ...]:
     return LORA_DEFAULT_TARGETS
 
 
-def breakdown(
-    arch: Architecture, config: Mapping[str, Any], world_size: int
-) -> tuple[Breakdown, int, str]:
+def breakdown(arch: Architecture, config: Mapping[str, Any], world_size: int) -> tuple[Breakdown, int, str]:
     """Per-GPU bytes, the trainable parameter count and the sharding, for `world_size` GPUs."""
     half = bool(config.get("bf16")) or bool(config.get("fp16"))
     dtype = 2 if half else 4
@@ -287,14 +285,108 @@ def plan(
     label, arch = architecture_of(base_model, model_config)
     world = max(1, gpus) * max(1, nodes)
     per_gpu, trainable, sharding = breakdown(arch, config, world)
-    fits: dict[str, int | None] = {}
-    for size_label, size in GPU_SIZES:
-        fits[size_label] = next(
-            (n for n in range(1, MAX_GPUS + 1) if breakdown(arch, config, n)[0].total <= size), None
-        )
-        if sharding == "none" and fits[size_label] not in (None, 1):
-            fits[size_label] = None  # without sharding more GPUs do not lower the per-GPU need
+    fits = {label: _smallest_count(arch, config, sharding, size) for label, size in GPU_SIZES}
     return Plan(label, arch.params, trainable, world, sharding, per_gpu, fits)
+
+
+def _smallest_count(arch: Architecture, config: Mapping[str, Any], sharding: str, size: float) -> int | None:
+    """The fewest GPUs of `size` bytes that hold the job (the need falls as the count grows)."""
+
+    def fits(n: int) -> bool:
+        return breakdown(arch, config, n)[0].total <= size
+
+    if sharding == "none":  # more GPUs do not lower the per-GPU need
+        return 1 if fits(1) else None
+    if not fits(MAX_GPUS):
+        return None
+    low, high = 1, MAX_GPUS
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle + 1, high)
+    return low
+
+
+# ---------------------------------------------------------------- the operator's fit check
+
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # NVIDIA GPU feature discovery's node label: MiB per GPU
+FIT_MARGIN = 1.25  # "clearly cannot fit": the estimate above the GPU's memory by more than this factor
+_SUFFIXES = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+}
+
+
+def quantity_bytes(quantity: str | int) -> float | None:
+    """A Kubernetes quantity (80Gi, 80G, 8e10, 85899345920) in bytes; None when it is not one."""
+    if isinstance(quantity, int):
+        return float(quantity)
+    found = re.fullmatch(
+        r"\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[numkMGTPE])?", quantity
+    )
+    if not found:
+        return None
+    number, suffix = float(found.group(1)), found.group(2) or ""
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return number * 10 ** int(suffix[1:])
+    return number * _SUFFIXES.get(suffix, 1)
+
+
+def gpu_memory_of(
+    gpu_memory: str | int | None, node_selector: Mapping[str, str] | None
+) -> tuple[float, str] | None:
+    """Bytes per GPU and where that came from: spec.gpuMemory, else the nodeSelector's GFD label."""
+    if gpu_memory is not None:
+        memory = quantity_bytes(gpu_memory)
+        return (memory, f"spec.gpuMemory ({gpu_memory})") if memory else None
+    mib = (node_selector or {}).get(GPU_MEMORY_LABEL, "")
+    if mib.isdigit() and int(mib) > 0:
+        return int(mib) * 2**20, f"nodeSelector {GPU_MEMORY_LABEL}={mib} (MiB)"
+    return None
+
+
+def fit_check(
+    base_model: str,
+    config: Mapping[str, Any],
+    gpus: int,
+    nodes: int,
+    gpu_memory: str | int | None,
+    node_selector: Mapping[str, str] | None,
+) -> tuple[bool, str] | None:
+    """(fits, message) when the GPUs' memory is known and the model's architecture too; else None."""
+    known = gpu_memory_of(gpu_memory, node_selector)
+    if gpus <= 0 or known is None:
+        return None
+    memory, source = known
+    try:
+        result = plan(base_model, config, gpus, nodes)
+    except PlanError:
+        return None
+    need = result.per_gpu.total
+    if need <= memory * FIT_MARGIN:
+        return True, f"the plan estimates {gib(need)} GiB per GPU; the GPUs have {gib(memory)} GiB ({source})"
+    elsewhere = ", ".join(
+        f"{count} x {label.split(' (')[0]}" for label, count in result.fits.items() if count
+    )
+    return False, (
+        f"the plan estimates {gib(need)} GiB per GPU, clearly more than the {gib(memory)} GiB of "
+        f"{source}: training will likely run out of GPU memory. Lower micro_batch_size or sequence_len, "
+        "enable gradient_checkpointing, train an adapter on a 4-bit model (load_in_4bit), or shard with "
+        f"ZeRO-3/FSDP over more GPUs{'; as configured it fits on ' + elsewhere if elsewhere else ''}. "
+        "`axolotl-operator plan FILE` shows the breakdown"
+    )
 
 
 def gib(value: float) -> str:
@@ -322,4 +414,3 @@ def render_plan(p: Plan) -> str:
         verdict = str(count) if count else f"does not fit{hint}"
         lines.append(f"  {label:<28} {verdict}")
     return "\n".join(lines) + "\n"
-

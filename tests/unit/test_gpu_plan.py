@@ -6,17 +6,23 @@ import json
 
 import pytest
 from axolotl_operator import gpu_plan
+from axolotl_operator.api import parse_job
 from axolotl_operator.cli import main
 from axolotl_operator.gpu_plan import (
     GIB,
+    GPU_MEMORY_LABEL,
     Architecture,
     PlanError,
     architecture_of,
     breakdown,
+    fit_check,
     from_config,
     plan,
+    quantity_bytes,
 )
-from conftest import EXAMPLES
+from axolotl_operator.settings import OperatorSettings
+from axolotl_operator.status import compute_status, facts_of
+from conftest import EXAMPLES, manifest
 
 GB = 1e9
 
@@ -155,3 +161,46 @@ def test_the_cli_reads_a_config_json_and_refuses_a_bad_one(tmp_path, capsys):
 
 def test_gib_rendering_is_one_decimal():
     assert gpu_plan.gib(1.5 * GIB) == "1.5"
+
+
+# ---------------------------------------------------------------- the operator's warning condition
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("80Gi", 80 * 2**30), ("80G", 80e9), ("8e10", 8e10), ("1.5Ti", 1.5 * 2**40), (1024, 1024.0),
+     ("a lot", None)],
+)
+def test_gpu_memory_quantities(text, expected):
+    assert quantity_bytes(text) == expected
+
+
+def test_no_check_without_a_known_gpu_size_a_gpu_or_a_known_model():
+    config = {"base_model": "meta-llama/Llama-3.1-8B", "bf16": True}
+    assert fit_check("meta-llama/Llama-3.1-8B", config, 1, 1, None, None) is None
+    assert fit_check("meta-llama/Llama-3.1-8B", config, 1, 1, None, {GPU_MEMORY_LABEL: "lots"}) is None
+    assert fit_check("meta-llama/Llama-3.1-8B", config, 0, 1, "24Gi", None) is None
+    assert fit_check("me/private", config, 1, 1, "24Gi", None) is None
+
+
+def test_a_job_clearly_too_big_for_its_gpus_gets_a_false_condition_that_says_what_to_do():
+    obj = manifest({"base_model": "meta-llama/Llama-3.1-8B", "bf16": True, "sequence_len": 8192,
+                    "adapter": None, "lora_r": None}, gpuMemory="24Gi")
+    obj["metadata"].update(uid="u-1", generation=1)
+    facts = facts_of(parse_job(obj), OperatorSettings())
+    result = compute_status(obj, None, [], facts, "2026-12-03T00:00:00Z")
+    (fit,) = [c for c in result.status["conditions"] if c["type"] == "GPUMemoryFits"]
+    assert (fit["status"], fit["reason"]) == ("False", "GPUMemoryTooSmall")
+    assert "spec.gpuMemory (24Gi)" in fit["message"] and "axolotl-operator plan" in fit["message"]
+    assert result.status["phase"] == "Pending"  # a warning: the job is not held back
+
+
+def test_a_node_label_of_gpu_feature_discovery_is_read_when_no_hint_is_given():
+    obj = manifest({"base_model": "meta-llama/Llama-3.1-8B", "adapter": "qlora", "load_in_4bit": True,
+                    "bf16": True, "gradient_checkpointing": True}, nodeSelector={GPU_MEMORY_LABEL: "81559"})
+    obj["metadata"].update(uid="u-1", generation=1)
+    facts = facts_of(parse_job(obj), OperatorSettings())
+    assert facts.gpu_fit is not None and facts.gpu_fit[0] is True
+    result = compute_status(obj, None, [], facts, "2026-12-03T00:00:00Z")
+    (fit,) = [c for c in result.status["conditions"] if c["type"] == "GPUMemoryFits"]
+    assert (fit["status"], fit["reason"]) == ("True", "PlanFits")

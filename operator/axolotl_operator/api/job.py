@@ -126,6 +126,10 @@ class AxolotlJobSpec(KubeModel):
 
     image: Image | None = field("Trainer image; default from operator settings.")
     gpus: int = field("GPUs per node; 0 runs on CPU only.", default=1, ge=0, le=64)
+    gpu_memory: Quantity | None = field(
+        "Memory of one GPU (e.g. 80Gi): the operator warns (GPUMemoryFits False) when its plan clearly "
+        "exceeds it. Unset: the nodeSelector's nvidia.com/gpu.memory label (MiB), if any."
+    )
     nodes: int = field("Nodes (pods) to train on; above 1 runs multi-node torchrun.", default=1, ge=1, le=256)
     resources: ResourceRequirements | None = field("Extra CPU and memory requests and limits.")
     storage: Storage | None = field("The persistent volume mounted at /workspace/data.")

@@ -41,6 +41,7 @@ class ConditionType(StrEnum):
     STALLED = "Stalled"
     RECONCILING = "Reconciling"
     NOTEBOOK_READY = "NotebookReady"  # only while spec.notebook.enabled
+    GPU_MEMORY_FITS = "GPUMemoryFits"  # only when the GPUs' memory is known (spec.gpuMemory or a node label)
 
 
 class Reason(StrEnum):
@@ -82,6 +83,9 @@ class Reason(StrEnum):
     NOTEBOOK_STARTING = "NotebookStarting"
     WAITING_FOR_TRAINING_POD = "WaitingForTrainingPod"  # a ReadWriteOnce claim: on the training pod's node
     WAITING_FOR_CLAIM = "WaitingForClaim"  # a ReadWriteOncePod claim: after the training pod
+    # The GPUMemoryFits condition (a warning: the job runs either way)
+    PLAN_FITS = "PlanFits"
+    GPU_MEMORY_TOO_SMALL = "GPUMemoryTooSmall"
 
 
 class NotebookPlacement(StrEnum):

@@ -102,13 +102,19 @@ def compute_status(
         conditions.append(
             notebook_condition(previous.get("conditions") or [], ready, reason, message, generation, now)
         )
-    elif facts.spec_errors and previous.get("notebook"):  # an invalid edit changes nothing: keep showing it
-        notebook_shown = NotebookStatus.model_validate(previous["notebook"])
-        conditions.extend(
-            Condition.model_validate(c)
-            for c in previous.get("conditions") or []
-            if c.get("type") == ConditionType.NOTEBOOK_READY
-        )
+    if facts.gpu_fit is not None:
+        fits, fit_message = facts.gpu_fit
+        fit_reason = Reason.PLAN_FITS if fits else Reason.GPU_MEMORY_TOO_SMALL
+        before = previous.get("conditions") or []
+        type_ = ConditionType.GPU_MEMORY_FITS
+        conditions.append(set_condition(before, type_, fits, fit_reason, fit_message, generation, now))
+    if facts.spec_errors:  # an invalid edit changes nothing: keep showing what the last valid spec gave
+        kept = {ConditionType.GPU_MEMORY_FITS}
+        if notebook is None and previous.get("notebook"):
+            notebook_shown = NotebookStatus.model_validate(previous["notebook"])
+            kept.add(ConditionType.NOTEBOOK_READY)
+        before = previous.get("conditions") or []
+        conditions.extend(Condition.model_validate(c) for c in before if c.get("type") in kept)
     status = AxolotlJobStatus(
         phase=obs.phase,
         reason=obs.reason,

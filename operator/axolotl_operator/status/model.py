@@ -27,6 +27,7 @@ class JobFacts:
     backoff_limit: int | None = None
     active_deadline_seconds: int | None = None
     notebook: NotebookPlan | None = None  # spec.notebook, enabled
+    gpu_fit: tuple[bool, str] | None = None  # the GPU plan against the GPUs' known memory
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Transition:
 
 def facts_of(parsed: Any, settings: Any) -> JobFacts:
     """JobFacts of a valid job (a ParsedJob and the OperatorSettings)."""
+    from ..gpu_plan import fit_check
     from ..notebook import plan
     from ..render import (  # pure; imported here: no import cycle
         claim_access_modes,
@@ -74,6 +76,9 @@ def facts_of(parsed: Any, settings: Any) -> JobFacts:
         backoff_limit=spec.backoff_limit,
         active_deadline_seconds=spec.active_deadline_seconds,
         notebook=plan(parsed, settings, None if existing else claim_access_modes(spec)),
+        gpu_fit=fit_check(
+            str(config.get("base_model")), config, spec.gpus, spec.nodes, spec.gpu_memory, spec.node_selector
+        ),
     )
 
 
