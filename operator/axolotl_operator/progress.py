@@ -83,6 +83,8 @@ class Report:
     eta_seconds: float | None = None
     final: bool = False
     loss_non_finite: bool = False  # the trainer's loss was NaN or infinite (sent as null)
+    resumed_from_step: int | None = None  # this run started from a checkpoint at this step
+    checkpoint_step: int | None = None  # stopped by SIGTERM after saving a checkpoint at this step
     job_uid: str | None = None  # the AxolotlJob the sender was authorized for (set by the endpoint)
 
 
@@ -177,6 +179,8 @@ def parse_report(body: bytes | str, now: datetime) -> Report:
         eta_seconds=_float(data.get("etaSeconds"), minimum=0),
         final=data.get("final") is True,
         loss_non_finite=data.get("lossNonFinite") is True,
+        resumed_from_step=_int(data.get("resumedFromStep")) or None,
+        checkpoint_step=_int(data.get("checkpointStep")),
     )
 
 
@@ -203,6 +207,8 @@ def to_progress(report: Report) -> dict[str, Any]:
         "tokensPerSecond": report.tokens_per_second,
         "etaSeconds": None if eta is None else min(MAX_INT, round(eta)),
         "updatedAt": format_time(report.timestamp),
+        "resumedFromStep": report.resumed_from_step,
+        "checkpointStep": report.checkpoint_step,
     }
     return {key: value for key, value in values.items() if value is not None}
 

@@ -28,6 +28,7 @@ from .constants import (
 from .settings import OperatorSettings
 from .trainer_contract import (
     EXIT_INVALID_CONFIG,
+    EXIT_PREEMPTED,
     METRICS_PORT,
     RENDEZVOUS_PORT,
     Env,
@@ -294,6 +295,8 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM saves a checkpoint at the next step boundary first (the runner's EXIT_PREEMPTED).
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         **pod_security()["pod"],
         "containers": [container],
         "volumes": volumes,
@@ -335,16 +338,11 @@ def _job(
         "completionMode": "Indexed" if spec.nodes > 1 else "NonIndexed",
         "podFailurePolicy": {
             "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER_NAME,
-                        "operator": "In",
-                        "values": [EXIT_INVALID_CONFIG],
-                    },
-                },
+                {"action": "FailJob", "onExitCodes": _exit_codes(EXIT_INVALID_CONFIG)},
                 # Eviction and preemption are not the training's fault: retry without using up backoffLimit.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # Stopped by SIGTERM after saving a checkpoint (a drain, a delete, a suspend): the same.
+                {"action": "Ignore", "onExitCodes": _exit_codes(EXIT_PREEMPTED)},
             ]
         },
         "template": {"metadata": pod_meta, "spec": _pod_spec(parsed, settings, names, namespace)},
@@ -354,6 +352,10 @@ def _job(
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def _exit_codes(*codes: int) -> dict[str, Any]:
+    return {"containerName": CONTAINER_NAME, "operator": "In", "values": list(codes)}
 
 
 # --- keeping an existing Job in line with the AxolotlJob (pure, used by the operator) ---

@@ -63,6 +63,7 @@ class Env:
 EXIT_SUCCEEDED: Final = 0
 EXIT_TRAINING_FAILED: Final = 1  # Axolotl exited non-zero: retriable (Job backoffLimit applies)
 EXIT_INTERNAL_ERROR: Final = 70  # EX_SOFTWARE: the runner or the validator itself broke
+EXIT_PREEMPTED: Final = 75  # EX_TEMPFAIL: SIGTERM, a checkpoint saved first; not a failure (Ignore)
 EXIT_INVALID_CONFIG: Final = 78  # EX_CONFIG: the config failed Axolotl's validator; never retry
 EXIT_SIGNAL_BASE: Final = 128  # 128 + N: stopped by signal N (143 = SIGTERM, e.g. preemption)
 
@@ -71,7 +72,8 @@ TERMINATION_MESSAGE_MAX_BYTES: Final = 4096  # Kubernetes truncates terminated.m
 OUTCOME_SUCCEEDED: Final = "succeeded"
 OUTCOME_FAILED: Final = "failed"
 OUTCOME_INVALID_CONFIG: Final = "invalid_config"
-OUTCOMES: Final = (OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_INVALID_CONFIG)
+OUTCOME_PREEMPTED: Final = "preempted"  # stopped by SIGTERM after saving a checkpoint at `steps`
+OUTCOMES: Final = (OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_INVALID_CONFIG, OUTCOME_PREEMPTED)
 
 # ---- progress reports ----
 PROGRESS_MIN_INTERVAL_SECONDS: Final = 5.0  # the runner sends at most one report per interval
@@ -124,6 +126,8 @@ class ProgressReport:
     timestamp: str = ""
     final: bool = False
     loss_non_finite: bool = False  # NaN or infinite loss: JSON cannot carry it, the flag says so
+    resumed_from_step: int | None = None  # this run started from a checkpoint at this step
+    checkpoint_step: int | None = None  # stopped by SIGTERM: the checkpoint just saved is at this step
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON body; keys are camelCase, numbers finite or null (`lossNonFinite` marks a NaN or
@@ -142,6 +146,8 @@ class ProgressReport:
             "etaSeconds": _finite(self.eta_seconds),
             "final": bool(self.final),
             "lossNonFinite": self.loss_non_finite or _non_finite(self.loss),
+            "resumedFromStep": _int_or_none(self.resumed_from_step),
+            "checkpointStep": _int_or_none(self.checkpoint_step),
         }
 
     @classmethod
@@ -161,6 +167,8 @@ class ProgressReport:
             timestamp=str(data.get("timestamp") or ""),
             final=bool(data.get("final", False)),
             loss_non_finite=data.get("lossNonFinite") is True,
+            resumed_from_step=_int_or_none(data.get("resumedFromStep")),
+            checkpoint_step=_int_or_none(data.get("checkpointStep")),
         )
 
 

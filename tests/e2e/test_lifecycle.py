@@ -70,6 +70,7 @@ def test_suspend_removes_the_pod_and_resume_continues_from_the_last_checkpoint(
         return progress_step("pausable", namespace) >= 30 and any(checkpoints.glob("checkpoint-*"))
 
     wait_for(has_checkpoint, timeout=600, interval=1, what="a checkpoint of the running job")
+    reported = progress_step("pausable", namespace)  # the trainer is at least this far
     kubectl("patch", "axj", "pausable", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
 
     def suspended() -> bool:
@@ -80,6 +81,15 @@ def test_suspend_removes_the_pod_and_resume_continues_from_the_last_checkpoint(
     assert kubectl_json("get", "job", "pausable", "-n", namespace)["spec"]["suspend"] is True
     saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert saved and saved[-1] < 400, saved
+    # SIGTERM saved a checkpoint where training stood (not only the last periodic one, every 20 steps),
+    # and the status says which.
+    assert saved[-1] >= reported, (saved, reported)
+
+    def says_where() -> bool:
+        message = kubectl_json("get", "axj", "pausable", "-n", namespace)["status"]["message"]
+        return message.endswith(f"checkpoint saved at step {saved[-1]}")
+
+    wait_for(says_where, timeout=60, interval=1, what="the Suspended message naming the checkpoint's step")
 
     kubectl("patch", "axj", "pausable", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     done = wait_for_phase("pausable", namespace, "Succeeded", timeout=900)
@@ -89,7 +99,7 @@ def test_suspend_removes_the_pod_and_resume_continues_from_the_last_checkpoint(
     summary = termination_summary(pods[0])
     resumed_from = summary.get("resumedFrom") or ""
     assert resumed_from.startswith("/workspace/data/outputs/pausable/checkpoint-"), summary
-    assert int(resumed_from.rsplit("-", 1)[1]) >= saved[0] > 0
+    assert int(resumed_from.rsplit("-", 1)[1]) == saved[-1]  # from the checkpoint saved on SIGTERM
     assert "resuming from the last complete checkpoint" in kubectl("logs", pods[0]["metadata"]["name"],
                                                                   "-n", namespace)
     assert done["status"]["progress"]["step"] == done["status"]["progress"]["totalSteps"] == 400

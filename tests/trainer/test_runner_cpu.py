@@ -41,6 +41,8 @@ PAYLOAD_KEYS = {
     "etaSeconds",
     "final",
     "lossNonFinite",
+    "resumedFromStep",
+    "checkpointStep",
 }
 
 
@@ -301,7 +303,7 @@ def test_sigterm_is_forwarded_and_reported(tiny_model: TinyModel, tmp_path: Path
             os.killpg(proc.pid, signal.SIGKILL)
     output = log.read_text(errors="replace")
     assert returncode == 128 + signal.SIGTERM, _tail(output)
-    assert "forwarding SIGTERM to the training process group" in output
+    assert "forwarding SIGTERM to the training process" in output
     summary = json.loads((tmp_path / "termination-log").read_bytes())
     assert summary["outcome"] == "failed" and summary["exitCode"] == 143
     assert summary["error"]["message"] == "terminated by SIGTERM"
@@ -309,6 +311,45 @@ def test_sigterm_is_forwarded_and_reported(tiny_model: TinyModel, tmp_path: Path
     child = int(re.search(r"started child pid (\d+)", launched).group(1))  # type: ignore[union-attr]
     with pytest.raises(ProcessLookupError):  # nothing of the training process group survived
         os.killpg(child, 0)
+
+
+def test_sigterm_while_training_saves_a_checkpoint_and_the_next_run_resumes_there(
+    tiny_model: TinyModel, progress_server: ProgressServer, tmp_path: Path
+) -> None:
+    """Preemption, eviction, suspend: the step finishes, a checkpoint is saved at it, the runner exits
+    75 (the Job's podFailurePolicy ignores it) and says where; the next run starts from that step."""
+    config = cpu_lora_config(tiny_model, tmp_path, max_steps=400, save_steps=10_000)  # no periodic save
+    env = runner_env(tmp_path, config, AXOLOTL_PROGRESS_URL=progress_server.url)
+    out = tmp_path / "outputs" / "tiny"
+    proc = start_runner(tmp_path, env)
+    deadline = time.monotonic() + 400
+    try:
+        while not progress_server.received:  # the first report comes as training begins
+            assert proc.poll() is None, (tmp_path / "runner.log").read_text()[-6000:]
+            assert time.monotonic() < deadline, "training never began"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # what the kubelet does to PID 1
+        returncode = proc.wait(240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = (tmp_path / "runner.log").read_text(errors="replace")
+    assert returncode == 75, _tail(output)
+    summary = json.loads((tmp_path / "termination-log").read_bytes())
+    assert summary["outcome"] == "preempted" and summary["exitCode"] == 75, summary
+    step = summary["steps"]
+    assert 1 <= step < 400, summary
+    saved = last_checkpoint(out)
+    assert saved == out / f"checkpoint-{step}" and summary["lastCheckpoint"] == str(saved)
+    assert not (out / "adapter_model.safetensors").exists()  # stopped, not finished: no final model
+    assert progress_server.received[-1].body["checkpointStep"] == step  # the status can say so
+    first_run = len(progress_server.received)
+
+    result = run_runner(tmp_path, env)
+    assert result.returncode == 0, _tail(result.output)
+    assert f"resuming from the last complete checkpoint {saved}" in result.output
+    assert result.summary["resumedFrom"] == str(saved) and result.summary["steps"] == 400
+    assert progress_server.received[first_run].body["resumedFromStep"] == step
 
 
 def test_training_failure_reports_the_real_error(tiny_model: TinyModel, tmp_path: Path) -> None:

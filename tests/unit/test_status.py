@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -507,3 +508,44 @@ def test_a_token_in_the_trainer_log_is_not_repeated():
     text = f"Traceback (most recent call last):\nOSError: 401 Client Error for token {token}"
     _, message = pod_failure(pod("Failed", state=terminated(1, text)))
     assert token not in message and "[redacted]" in message and "401 Client Error" in message
+
+
+# ---------------------------------------------------------------- checkpoint on SIGTERM
+
+
+def _stopped_pod(step: int = 120) -> dict[str, Any]:
+    checkpoint = f"/workspace/data/out/checkpoint-{step}"
+    text = summary(outcome="preempted", exitCode=75, steps=step, lastCheckpoint=checkpoint)
+    return pod("Failed", name="demo-first", state=terminated(75, text))
+
+
+def test_a_pod_stopped_after_saving_a_checkpoint_is_preempted_not_a_failure():
+    result = run(job(active=1), [_stopped_pod(), pod("Pending", name="demo-second")])
+    assert (result.status["phase"], result.status["reason"]) == ("Pending", "Preempted")
+    message = result.status["message"]
+    assert "pod demo-first saved at step 120" in message and "failure" not in message
+
+
+def test_after_the_stop_training_continues_from_that_step():
+    result = run(job(active=1), [_stopped_pod(), pod("Running", name="demo-second")])
+    assert (result.status["phase"], result.status["reason"]) == ("Running", "Training")
+    assert "continuing from the checkpoint pod demo-first saved at step 120" in result.status["message"]
+
+
+def test_a_suspended_job_says_which_step_its_checkpoint_holds():
+    result = run(job(suspend=True), [_stopped_pod(77)], facts=replace(FACTS, suspend=True))
+    assert (result.status["phase"], result.status["reason"]) == ("Suspended", "Suspended")
+    assert result.status["message"].endswith("checkpoint saved at step 77")
+
+
+def test_the_suspended_message_names_the_step_from_the_last_progress_report_once_the_pod_is_gone():
+    previous = {"phase": "Running", "progress": {"step": 88, "checkpointStep": 88}}
+    result = run(job(suspend=True), [], previous=previous, facts=replace(FACTS, suspend=True))
+    assert result.status["phase"] == "Suspended"
+    assert result.status["message"].endswith("checkpoint saved at step 88")
+
+
+def test_a_resumed_run_says_where_it_started():
+    previous = {"phase": "Pending", "progress": {"step": 90, "resumedFromStep": 88}}
+    result = run(job(active=1), [pod("Running")], previous=previous)
+    assert "resumed from the checkpoint at step 88" in result.status["message"]

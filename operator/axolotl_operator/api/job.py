@@ -143,6 +143,13 @@ class AxolotlJobSpec(KubeModel):
     backoff_limit: int = field(
         "Pod retries before the job fails; retries resume from a checkpoint.", 3, ge=0, le=INT32_MAX
     )
+    termination_grace_period_seconds: int = field(
+        "Seconds a stopped training pod gets to save a checkpoint at its next step (preemption, "
+        "eviction, suspend, drain) before it is killed.",
+        300,
+        ge=1,
+        le=86400,
+    )
     active_deadline_seconds: int | None = field(
         "Fail the job after this many seconds of running.", ge=1, le=INT32_MAX
     )

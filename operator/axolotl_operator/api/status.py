@@ -52,6 +52,7 @@ class Reason(StrEnum):
     WAITING_FOR_CLEANUP = "WaitingForCleanup"
     QUEUED = "Queued"
     STARTING = "Starting"
+    PREEMPTED = "Preempted"  # a pod stopped by SIGTERM saved a checkpoint; a new pod resumes from it
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_FAILED = "ImagePullFailed"
     CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
@@ -143,6 +144,10 @@ class Progress(KubeModel):
     tokens_per_second: float | None = field("Training throughput in tokens per second.")
     eta_seconds: int | None = field("Estimated seconds until training ends.")
     updated_at: str | None = field("When the trainer last reported (RFC 3339).")
+    resumed_from_step: int | None = field("The step of the checkpoint this run started from.")
+    checkpoint_step: int | None = field(
+        "Stopped by SIGTERM (preemption, eviction, suspend): the step of the checkpoint saved first."
+    )
 
 
 class Outputs(KubeModel):

@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from ..constants import COMPLETION_INDEX_ANNOTATION, CONTAINER_NAME
-from ..trainer_contract import parse_summary
+from ..trainer_contract import EXIT_PREEMPTED, OUTCOME_PREEMPTED, parse_summary
 
 Obj = Mapping[str, Any]
 EVICTION_REASONS = frozenset({"Evicted", "Preempting"})
@@ -78,6 +78,16 @@ def evicted(pod: Obj) -> bool:
     )
 
 
+def saved_on_sigterm(pod: Obj) -> int | None:
+    """The step a pod stopped by SIGTERM saved its checkpoint at (the runner's `preempted` outcome)."""
+    term = terminated(pod) or {}
+    summary = summary_of(pod) or {}
+    if summary.get("outcome") != OUTCOME_PREEMPTED and term.get("exitCode") != EXIT_PREEMPTED:
+        return None
+    step = summary.get("steps")
+    return step if isinstance(step, int) else -1
+
+
 def memory_limit(pod: Obj) -> str | None:
     for container in get(pod, "spec", "containers", default=[]):
         if container.get("name") == CONTAINER_NAME:
@@ -105,8 +115,16 @@ class Observed:
 
     @cached_property
     def counted_failures(self) -> list[Obj]:
-        """Failures that use up backoffLimit (evictions do not)."""
-        return [p for p in self.failed if not evicted(p)]
+        """Failures that use up backoffLimit (evictions and checkpointed stops do not)."""
+        return [p for p in self.failed if not evicted(p) and saved_on_sigterm(p) is None]
+
+    @cached_property
+    def last_stop(self) -> tuple[str, int] | None:
+        """(pod, step) when the newest finished pod was stopped by SIGTERM after saving a checkpoint."""
+        if not self.finished:
+            return None
+        step = saved_on_sigterm(self.finished[-1])
+        return None if step is None else (name_of(self.finished[-1]), step)
 
     @cached_property
     def succeeded(self) -> list[Obj]:

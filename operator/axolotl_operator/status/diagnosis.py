@@ -125,6 +125,8 @@ def pod_problem(pod: Obj, facts: JobFacts) -> tuple[Reason, str] | None:
 
 def retry_note(observed: Observed, facts: JobFacts) -> str:
     """What a retrying job has been through, appended to its Pending/Running message."""
+    if observed.last_stop:
+        return f" ({stopped_note(*observed.last_stop)})"
     if not observed.failed:
         return ""
     _, why = pod_failure(observed.failed[-1])
@@ -133,6 +135,11 @@ def retry_note(observed: Observed, facts: JobFacts) -> str:
         f" (retry after {len(observed.counted_failures)} failure(s){limit}; "
         f"resumes from the last checkpoint; last: {why})"
     )
+
+
+def stopped_note(pod: str, step: int) -> str:
+    at = f"step {step}" if step >= 0 else "its last step"
+    return f"continuing from the checkpoint pod {pod} saved at {at} when it was stopped"
 
 
 def success_message(summary: dict[str, Any] | None, facts: JobFacts) -> str:

@@ -107,11 +107,15 @@ def _suspended(i: Inputs) -> Observation | None:
             "(the Job stays suspended until then)",
             i.observed.last_summary,
         )
+    step = i.observed.last_stop[1] if i.observed.last_stop else -1
+    if step < 0:  # the stopped pod is gone (the Job controller deletes a suspended job's pods)
+        step = _progress(i).get("checkpointStep", -1)
+    saved = f"; checkpoint saved at step {step}" if isinstance(step, int) and step >= 0 else ""
     return Observation(
         Phase.SUSPENDED,
         Reason.SUSPENDED,
         "suspended by spec.suspend: the training pods are stopped; set spec.suspend: false to resume "
-        "(from the last checkpoint)",
+        f"(from the last checkpoint){saved}",
         i.observed.last_summary,
     )
 
@@ -132,7 +136,11 @@ def _training(i: Inputs) -> Observation | None:
     if not running:
         return None
     nodes = ", ".join(sorted({get(p, "spec", "nodeName", default="?") for p in running}))
-    message = f"training in {len(running)} pod(s) on {nodes}" + retry_note(i.observed, i.facts)
+    note = retry_note(i.observed, i.facts)
+    resumed = _progress(i).get("resumedFromStep")
+    if not note and isinstance(resumed, int) and resumed > 0:
+        note = f" (resumed from the checkpoint at step {resumed})"
+    message = f"training in {len(running)} pod(s) on {nodes}" + note
     return Observation(Phase.RUNNING, Reason.TRAINING, message, i.observed.last_summary)
 
 
@@ -140,7 +148,16 @@ def _starting(i: Inputs) -> Observation | None:
     if not i.observed.active:
         return None
     message = "the training pod is starting" + retry_note(i.observed, i.facts)
-    return Observation(Phase.PENDING, Reason.STARTING, message, i.observed.last_summary)
+    return Observation(Phase.PENDING, _starting_reason(i), message, i.observed.last_summary)
+
+
+def _progress(i: Inputs) -> dict:
+    progress = i.previous.get("progress")
+    return progress if isinstance(progress, dict) else {}
+
+
+def _starting_reason(i: Inputs) -> Reason:
+    return Reason.PREEMPTED if i.observed.last_stop else Reason.STARTING
 
 
 def _recording_completion(i: Inputs) -> Observation | None:
@@ -154,7 +171,7 @@ def _recording_completion(i: Inputs) -> Observation | None:
 
 def _waiting_for_pod(i: Inputs) -> Observation:
     message = "waiting for the Job controller to create the pod" + retry_note(i.observed, i.facts)
-    return Observation(Phase.PENDING, Reason.STARTING, message, i.observed.last_summary)
+    return Observation(Phase.PENDING, _starting_reason(i), message, i.observed.last_summary)
 
 
 RULES: tuple[tuple[str, Rule], ...] = (

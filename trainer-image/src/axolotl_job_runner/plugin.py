@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 
 from . import cpu_compat
 from .contract import Env, ProgressReport, utc_now
+from .preemption import CheckpointOnSigterm
 from .progress import ProgressReporter
 from .settings import STATE_FILE_ENV
 
@@ -44,7 +45,7 @@ class ProgressCallback(TrainerCallback):
         self.start_time: float | None = None
         self.start_step = 0
 
-    def _report(self, state: Any, final: bool = False) -> ProgressReport:
+    def _report(self, state: Any, final: bool = False, checkpoint_step: int | None = None) -> ProgressReport:
         step = int(state.global_step or 0)
         total = int(state.max_steps or 0) or None
         eta = None
@@ -66,6 +67,8 @@ class ProgressCallback(TrainerCallback):
             job_namespace=self.job_namespace,
             timestamp=utc_now(),
             final=final,
+            resumed_from_step=self.start_step or None,
+            checkpoint_step=checkpoint_step,
         )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -95,6 +98,13 @@ class ProgressCallback(TrainerCallback):
                 self.tokens_per_second = per_gpu * max(int(getattr(args, "world_size", 1) or 1), 1)
         self.reporter.submit(self._report(state))
 
+    def stopped(self, state: Any) -> None:
+        """Stopped by SIGTERM after a checkpoint at this step: say so now (no on_train_end follows)."""
+        if self.reporter is not None:
+            self.reporter.submit(self._report(state, checkpoint_step=int(state.global_step or 0)))
+            self.reporter.close()
+            self.reporter = None
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.reporter is None:
             return
@@ -111,4 +121,5 @@ class JobRunnerPlugin(BasePlugin):
         cpu_compat.apply_if_needed(ddp_timeout=cfg.get("ddp_timeout"))
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
-        return [ProgressCallback()]
+        progress = ProgressCallback()
+        return [progress, CheckpointOnSigterm(before_exit=progress.stopped)]

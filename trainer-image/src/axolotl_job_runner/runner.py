@@ -29,11 +29,13 @@ from .checkpoints import last_checkpoint
 from .contract import (
     EXIT_INTERNAL_ERROR,
     EXIT_INVALID_CONFIG,
+    EXIT_PREEMPTED,
     EXIT_SIGNAL_BASE,
     EXIT_SUCCEEDED,
     EXIT_TRAINING_FAILED,
     OUTCOME_FAILED,
     OUTCOME_INVALID_CONFIG,
+    OUTCOME_PREEMPTED,
     OUTCOME_SUCCEEDED,
     Env,
     Paths,
@@ -43,7 +45,7 @@ from .contract import (
 from .errors import extract_error
 from .launch import build_command, build_env, effective_config
 from .metrics import MetricsServer, read_state, render_metrics
-from .settings import Settings, SettingsError, count_visible_gpus, load_settings
+from .settings import Settings, SettingsError, count_visible_gpus, load_settings, preempted_marker
 
 LOG = logging.getLogger("axolotl_job_runner")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -51,7 +53,12 @@ TAIL_BYTES = 64 * 1024
 
 
 class Supervisor:
-    """Owns the current child: forwards signals to its process group and reaps it."""
+    """Owns the current child: forwards signals to it and reaps it and what is left of its group.
+
+    A terminating signal goes to the child alone: the training process saves a checkpoint on SIGTERM
+    (preemption.py), and its DataLoader workers, in the same group, must live until it has; a launcher
+    (torchrun, accelerate) passes it on to its workers. Once the child is gone, whatever remains of its
+    process group is killed."""
 
     def __init__(self) -> None:
         self.child: subprocess.Popen[bytes] | None = None
@@ -66,9 +73,16 @@ class Supervisor:
             self.received = signum
         child = self.child
         if child is not None and child.returncode is None:
-            LOG.info("forwarding %s to the training process group", signal.Signals(signum).name)
+            terminating = signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            LOG.info(
+                "forwarding %s to the training %s", signal.Signals(signum).name,
+                "process" if terminating else "process group",
+            )
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signum)
+                if terminating:
+                    os.kill(child.pid, signum)
+                else:
+                    os.killpg(child.pid, signum)
 
     def run(self, argv: list[str], env: dict[str, str], tee: bool) -> tuple[int, str, str]:
         """Run argv in its own session; returns (exit code or -signal, stderr tail, stdout tail)."""
@@ -90,6 +104,8 @@ class Supervisor:
             self._forward(self.received, None)
         code = self._reap(self.child.pid)
         self.child.returncode = code
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.child.pid, signal.SIGKILL)  # the child's leftovers (workers, grandchildren)
         for thread in threads:
             thread.join(timeout=5)
         return (
@@ -208,6 +224,17 @@ class Runner:
             return None
         return EXIT_SIGNAL_BASE + self.supervisor.received
 
+    def _saved_on_sigterm(self) -> tuple[int, str] | None:
+        """(step, checkpoint) the training saved after our SIGTERM (the plugin's record), if any."""
+        if self.supervisor.received != signal.SIGTERM:
+            return None
+        try:
+            record = json.loads(preempted_marker(self.state_file).read_text(encoding="utf-8"))
+            step, path = int(record["step"]), str(record["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (step, path) if last_checkpoint(Path(path).parent) == Path(path) else None
+
     # -- phases --
     def validate(self) -> dict[str, Any] | TerminationSummary:
         assert self.settings is not None
@@ -285,6 +312,12 @@ class Runner:
             "last_checkpoint": str(checkpoint) if checkpoint else None,
             "resumed_from": resume_from,
         }
+        saved = self._saved_on_sigterm()
+        if saved is not None:
+            step, path = saved
+            LOG.info("stopped by SIGTERM after saving %s (step %s): the next pod resumes there", path, step)
+            common.update(steps=step, last_checkpoint=path)
+            return self._summary(OUTCOME_PREEMPTED, EXIT_PREEMPTED, **common)
         if code == 0:
             return self._summary(
                 OUTCOME_SUCCEEDED, EXIT_SUCCEEDED, hub_model_id=validation.get("hubModelId"), **common

@@ -13,6 +13,11 @@ from .contract import METRICS_PORT, RENDEZVOUS_PORT, Env, Paths
 STATE_FILE_ENV = "AXOLOTL_JOB_RUNNER_STATE_FILE"
 
 
+def preempted_marker(state_file: Path) -> Path:
+    """Where rank 0 records the checkpoint it saved on SIGTERM (next to the progress state file)."""
+    return state_file.with_name("preempted.json")
+
+
 class SettingsError(ValueError):
     """The pod's environment is inconsistent (a rendering bug, not a user config error)."""
 
