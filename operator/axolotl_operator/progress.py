@@ -11,7 +11,9 @@ Who may report (`authorize`): a ServiceAccount token for the operator's audience
 makes for this AxolotlJob's Job: same namespace and uid, not finished, the ServiceAccount of the Job's
 pod template, every label of that template (the API server adds `batch.kubernetes.io/controller-uid=
 <Job uid>` to it, and that label is required by itself too), the `batch.kubernetes.io/job-tracking`
-finalizer, a controller reference to the Job, and the Job controlled by the AxolotlJob.
+finalizer (unless the pod is terminating: the Job controller removes it from the pods it deletes, e.g.
+on suspend, and such a pod reports the checkpoint it saves on SIGTERM), a controller reference to the
+Job, and the Job controlled by the AxolotlJob.
 
 What that cannot prove, and why it is accepted: nothing on a pod says who created it, so none of these
 marks is unforgeable. Whoever creates a pod writes its labels, finalizers (any name) and ownerReferences
@@ -323,7 +325,8 @@ def authorize(
         raise Denied(403, f"the pod lacks the Job's pod template label {missing[0]}")
     if account != ((template.get("spec") or {}).get("serviceAccountName") or "default"):
         raise Denied(403, "the pod runs as another ServiceAccount than the Job's pod template")
-    if JOB_TRACKING_FINALIZER not in (meta.get("finalizers") or []):
+    terminating = bool(meta.get("deletionTimestamp"))  # deleted by the Job controller, finalizer removed
+    if JOB_TRACKING_FINALIZER not in (meta.get("finalizers") or []) and not terminating:
         raise Denied(403, f"the pod lacks the Job controller's finalizer {JOB_TRACKING_FINALIZER}")
 
 

@@ -31,6 +31,7 @@ from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS, utc_now
 log = logging.getLogger("axolotl_operator")
 
 Key = tuple[str, str]  # (namespace, name)
+MESSAGE_PROGRESS_KEYS = ("checkpointStep", "resumedFromStep")  # progress the status message quotes
 
 
 class StatusWriter:
@@ -150,8 +151,12 @@ class StatusWriter:
             self._last_progress[key] = self.clock()
             if wait > 0:
                 self._early_final[key] = self._last_progress[key]
-        metrics.observe_progress(key[0], key[1], to_progress(report))
+        written = to_progress(report)
+        metrics.observe_progress(key[0], key[1], written)
         log.debug("%s/%s: progress step %d", key[0], key[1], report.step)
+        before = status.get("progress") or {}
+        if any(written.get(k) != before.get(k) for k in MESSAGE_PROGRESS_KEYS):
+            return 0.0  # the message quotes these ("checkpoint saved at step N"): compute it again now
         return None
 
     # ---------------------------------------------------------------- events

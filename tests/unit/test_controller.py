@@ -423,3 +423,22 @@ def test_an_event_refused_for_good_is_dropped_not_retried_forever(kube, make_ope
     settle(operator)
     assert kube.events == [] and kube.calls.count("event") == 1
     assert status_of(kube)["reason"] == "Starting"
+
+
+def test_a_checkpoint_reported_by_a_stopped_pod_reaches_the_suspended_message(kube, make_operator):
+    """The stopped pod's last report (checkpointStep) may be written after the last pod event: the writer
+    computes the status again so the message names the step without waiting for the resync."""
+    operator = make_operator()
+    obj = manifest()
+    obj["metadata"]["generation"] = 1
+    obj["spec"]["suspend"] = True
+    axj = kube.put(obj)
+    operator.reconcile(axj, NS, NAME)
+    settle(operator)
+    assert status_of(kube)["phase"] == "Suspended"
+    body = {"jobName": NAME, "jobNamespace": NS, "step": 42, "checkpointStep": 42, "final": False,
+            "timestamp": "2026-12-01T00:00:05Z"}
+    operator.accept_progress(parse_report(json.dumps(body), datetime(2026, 12, 2, tzinfo=UTC)))
+    settle(operator)
+    assert status_of(kube)["progress"]["checkpointStep"] == 42
+    assert status_of(kube)["message"].endswith("checkpoint saved at step 42")

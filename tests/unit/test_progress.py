@@ -385,6 +385,15 @@ def test_anything_but_the_jobs_own_pod_is_403(what):
     assert denied.value.status == 403
 
 
+def test_a_pod_the_job_controller_is_deleting_may_still_report_its_checkpoint():
+    """On suspend the Job controller removes its tracking finalizer, then deletes the pod; the trainer
+    saves a checkpoint on that SIGTERM and reports it (checkpointStep) before it exits."""
+    linked = objects()
+    del linked["pod"]["metadata"]["finalizers"]
+    linked["pod"]["metadata"]["deletionTimestamp"] = "2026-11-28T03:00:00Z"
+    authorize(identity_of(review(), AUDIENCE), report(), linked["pod"], linked["job"], linked["axj"])
+
+
 def test_a_pod_running_as_another_service_account_than_the_jobs_template_is_403():
     """A pod of the namespace running as (and with a token of) a ServiceAccount the Job does not use,
     otherwise dressed as the Job's pod."""
