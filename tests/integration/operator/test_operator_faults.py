@@ -559,7 +559,11 @@ def test_compaction_gone_watch_relists_and_statuses_are_right(
         line = f"Restarting the watch-stream for {resource} cluster-wide."
         assert line in log, f"no relist of {resource} after the 410 (expected Kopf's '{line}')"
 
-    final = [get_axj(namespace, name) for name in done]
+    def with_progress(name: str) -> dict[str, Any] | None:  # written right after the phase, separately
+        obj = get_axj(namespace, name)
+        return obj if obj["status"].get("progress") else None
+
+    final = [wait_for(lambda n=name: with_progress(n), what=f"the final progress of {name}") for name in done]
     assert_one_job_each(namespace, final)
     jobs, events = children_by_job(namespace, "jobs"), transition_events(namespace)
     for obj in final:

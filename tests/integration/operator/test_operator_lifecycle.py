@@ -296,6 +296,10 @@ def test_runner_summary_fills_outputs_and_final_progress(op, namespace):
         "lastCheckpoint": summary["lastCheckpoint"],
         "hubModelId": "me/tuned",
     }
-    assert (status["progress"]["percent"], status["progress"]["loss"]) == (100, 0.8731)
+    # The final progress is written right after the phase, by its own field manager (a second apply).
+    final = wait_for(
+        lambda: get_axj(namespace, "summarised")["status"].get("progress"), what="the final progress"
+    )
+    assert (final["percent"], final["loss"]) == (100, 0.8731)
     row = kubectl("get", "axolotljob", "summarised", "-n", namespace, "--no-headers").split()
     assert "100" in row and "0.8731" in row  # the printer columns PROGRESS and LOSS
