@@ -55,12 +55,13 @@ helm:
 # --- end kubeenv ---
 
 # Build (or reuse) the control plane first, so a cold build never runs inside a pytest timeout.
-integration: setup kubeenv-build
+# trainer-setup too: test_operator_progress_kubeflow.py runs a real transformers.Trainer (torch, CPU).
+integration: setup kubeenv-build trainer-setup
 	hack/gitops-health/build >/dev/null  # Flux's kstatus and Argo CD's Lua VM, for test_operator_gitops.py
 	hack/promtool/build >/dev/null  # Prometheus' promtool, for test_monitoring.py (minutes on a cold module cache)
 	hack/actionlint/build >/dev/null  # the GitHub workflows' linter, for test_workflows.py
 	hack/kueue/build >/dev/null  # Kueue's controller manager, for test_operator_kueue.py (minutes when cold)
-	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
+	AXOLOTL_TRAINER_PYTHON=$(TRAINER_VENV)/bin/python $(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
 
 # Real nodes (root): a kubelet with containerd really runs pods. `hack/kubeenv build --real-nodes 1`
 # installs the Debian packages it lacks and builds containerd and the local images first.

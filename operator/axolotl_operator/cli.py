@@ -267,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-port", type=int, default=0, help="serve POST /progress here; 0 disables")
     p.add_argument("--progress-host", default="0.0.0.0", help="address of the progress endpoint")
     p.add_argument(
+        "--progress-cert-secret",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="with an https progress URL: the Secret that keeps the endpoint's CA and certificate "
+        "(the chart's); unset: a CA in memory (local runs)",
+    )
+    p.add_argument(
         "--resync-seconds",
         type=float,
         default=300.0,

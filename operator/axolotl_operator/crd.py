@@ -56,6 +56,13 @@ PRINTER_COLUMNS = [
         "description": "Seconds left",
     },
     {"name": "Model", "type": "string", "jsonPath": ".spec.config.base_model"},
+    {
+        "name": "Result",
+        "type": "string",
+        "jsonPath": ".status.outputs.result",
+        "description": "Where the trained model is",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 IMMUTABLE_CONFIG_RULE = {

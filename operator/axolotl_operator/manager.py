@@ -8,6 +8,7 @@ SIGTERM/SIGINT stop Kopf gracefully: watches close and running handlers finish.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import socket
 from typing import Any
@@ -23,6 +24,7 @@ from .api.job import GROUP
 from .controller import RESYNC_SECONDS, Operator
 from .kube import Kube
 from .progress_server import ProgressServer
+from .progress_tls import ProgressTls, progress_hosts
 from .settings import OperatorSettings
 from .webhook import Webhook, WebhookOptions
 
@@ -82,7 +84,7 @@ def run_operator(args: argparse.Namespace) -> int:
     webhook = start_webhook(args, kube, tuple(namespaces))  # first: bad webhook flags stop nothing started
     operator = Operator(settings, kube, namespaces=tuple(namespaces), resync_seconds=resync).start()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
-    progress = start_progress_server(args, settings, operator)
+    progress = start_progress_server(args, settings, operator, kube)
 
     @kopf.on.startup()
     def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
@@ -108,7 +110,9 @@ def run_operator(args: argparse.Namespace) -> int:
         if webhook is not None:
             webhook[0].stop()
         if progress is not None:
-            progress.stop()
+            progress[0].stop()
+            if progress[1] is not None:
+                progress[1].stop()
         operator.stop()
     return 0
 
@@ -137,9 +141,10 @@ def start_webhook(
 
 
 def start_progress_server(
-    args: argparse.Namespace, settings: OperatorSettings, operator: Operator
-) -> ProgressServer | None:
-    """The endpoint trainer pods report to, in its own thread (`--progress-port`, 0 = off)."""
+    args: argparse.Namespace, settings: OperatorSettings, operator: Operator, kube: Kube
+) -> tuple[ProgressServer, ProgressTls | None] | None:
+    """The endpoint trainer pods report to, in its own thread (`--progress-port`, 0 = off); over HTTPS
+    when the progress URL is https (its CA then goes into the settings render uses, before Kopf runs)."""
     port = int(getattr(args, "progress_port", 0) or 0)
     if not port:
         return None
@@ -148,12 +153,22 @@ def start_progress_server(
             "--progress-port is set but no progress URL (AXOLOTL_OPERATOR_PROGRESS_URL): "
             "trainer pods will not report"
         )
+    tls = None
+    if settings.progress_url.startswith("https://"):
+
+        def trust(ca: str) -> None:  # jobs rendered from now on mount this CA
+            operator.settings = dataclasses.replace(operator.settings, progress_ca=ca)
+
+        secret = getattr(args, "progress_cert_secret", "") or ""
+        tls = ProgressTls(progress_hosts(settings.progress_url), kube, secret, on_ca=trust)
+        tls.start()
     server = ProgressServer(
         operator.kube,
         settings.progress_audience,
         operator.accept_progress,
         getattr(args, "progress_host", None) or "0.0.0.0",
         port,
+        ssl_context=tls.context if tls is not None else None,
     )
     server.start()
-    return server
+    return server, tls

@@ -25,6 +25,8 @@ from .api.validate import ParsedJob
 from .constants import NOTEBOOK_SPEC_ANNOTATION, OWNER_UID_ANNOTATION, Names, labels
 from .render import (
     Manifest,
+    cache_claim,
+    hf_home,
     mounted_claim,
     owner_reference,
     pod_security,
@@ -80,18 +82,19 @@ def plan(
         return None
     names = Names.of(parsed.name)
     claim = mounted_claim(parsed)
+    cache = cache_claim(spec, settings)
     token = notebook.token_secret
     env = [
         {"name": NOTEBOOK_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}},
         {"name": "JUPYTER_ENABLE_LAB", "value": "yes"},
         {"name": Env.BASE_VOLUME, "value": Paths.DATA_MOUNT},
         {"name": Env.CONFIG_DIR, "value": Paths.CONFIG_DIR},
-        {"name": Env.HF_HOME, "value": Paths.HF_HOME},
+        {"name": Env.HF_HOME, "value": hf_home(cache)},
         {"name": Env.DO_NOT_TRACK, "value": "1"},
         *secret_env(spec),
         *(var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []),
     ]
-    mounts, volumes = workspace_mounts(claim, names.config_map)
+    mounts, volumes = workspace_mounts(claim, names.config_map, cache)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": notebook.image or spec.image or settings.default_image,

@@ -32,6 +32,7 @@ outside the namespace, and no other pod of it, gets through.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -39,12 +40,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .api.status import TERMINAL_PHASES
 from .constants import CONTROLLER_UID_LABEL, JOB_LABEL
 from .ownership import controlled_by
 from .trainer_contract import PROGRESS_MAX_BODY_BYTES as MAX_BODY_BYTES
 
+PROGRESS_PATH = "/progress"  # our runner's protocol; transformers' KubeflowCallback: `kubeflow_path`
 MAX_INT = 10**15  # steps beyond this are a broken sender, not a training run
 SA_USER_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
@@ -75,7 +78,7 @@ class Report:
     job_name: str
     job_namespace: str
     timestamp: datetime
-    step: int
+    step: int | None  # always set by our runner; a Kubeflow report may leave it out
     total_steps: int | None = None
     epoch: float | None = None
     loss: float | None = None
@@ -88,6 +91,9 @@ class Report:
     resumed_from_step: int | None = None  # this run started from a checkpoint at this step
     checkpoint_step: int | None = None  # stopped by SIGTERM after saving a checkpoint at this step
     job_uid: str | None = None  # the AxolotlJob the sender was authorized for (set by the endpoint)
+    # A Kubeflow report says only what it knows (the first one the total, the last one the final loss but
+    # no step): what it leaves out keeps the value shown. Ours are whole: what they leave out is unknown.
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,8 @@ def format_time(stamp: datetime) -> str:
     return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_report(body: bytes | str, now: datetime) -> Report:
-    """Validate a POSTed body. Names and `step` are required; other numbers are kept only if finite and
-    sane; a missing or unparsable timestamp, or one in the future, becomes `now` (the trainer's clock
-    may be off, ours decides)."""
+def _json_object(body: bytes | str) -> dict[str, Any]:
+    """The body as a JSON object, bounded; whatever hostile input does to the decoder is a PayloadError."""
     if len(body) > MAX_BODY_BYTES:
         raise PayloadError(f"body over {MAX_BODY_BYTES} bytes")
     try:
@@ -155,11 +159,23 @@ def parse_report(body: bytes | str, now: datetime) -> Report:
         raise PayloadError(f"not JSON: {why}") from None
     if not isinstance(data, dict):
         raise PayloadError("not a JSON object")
-    name, namespace = data.get("jobName"), data.get("jobNamespace")
+    return data
+
+
+def _job_names(name: Any, namespace: Any, where: str) -> tuple[str, str]:
     if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
-        raise PayloadError("jobName: not an AxolotlJob name")
+        raise PayloadError(f"{where[0]}: not an AxolotlJob name")
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
-        raise PayloadError("jobNamespace: not a namespace name")
+        raise PayloadError(f"{where[1]}: not a namespace name")
+    return name, namespace
+
+
+def parse_report(body: bytes | str, now: datetime) -> Report:
+    """Validate a POSTed body. Names and `step` are required; other numbers are kept only if finite and
+    sane; a missing or unparsable timestamp, or one in the future, becomes `now` (the trainer's clock
+    may be off, ours decides)."""
+    data = _json_object(body)
+    name, namespace = _job_names(data.get("jobName"), data.get("jobNamespace"), ("jobName", "jobNamespace"))
     step = _int(data.get("step"))
     if step is None:
         raise PayloadError(f"step: not an integer in [0, {MAX_INT}]")
@@ -186,16 +202,141 @@ def parse_report(body: bytes | str, now: datetime) -> Report:
     )
 
 
+# ---------------------------------------------------------------- the Kubeflow protocol
+
+KUBEFLOW_PREFIX = "/kubeflow/namespaces"
+KUBEFLOW_ROUTE = KUBEFLOW_PREFIX + "/{namespace}/axolotljobs/{name}"  # aiohttp's pattern
+MAX_METRICS = 256  # the callback sends a dozen; 16 KiB would allow some 600 tiny ones
+MAX_METRIC_NAME = 128
+MAX_NUMBER_TEXT = 64  # "0.00019999999999999998" fits; a 60,000-digit integer would cost seconds to parse
+
+
+def kubeflow_path(namespace: str, name: str) -> str:
+    return f"{KUBEFLOW_PREFIX}/{namespace}/axolotljobs/{name}"
+
+
+def kubeflow_url(progress_url: str, namespace: str, name: str) -> str:
+    """The job's URL for transformers' KubeflowCallback, whose report names no job: the scheme, host and
+    port of `progress_url` (and any path before `/progress`, for a proxy), then `kubeflow_path`."""
+    parts = urlsplit(progress_url)
+    path = parts.path.rstrip("/")
+    prefix = path[: -len(PROGRESS_PATH)] if path.endswith(PROGRESS_PATH) else path
+    return urlunsplit((parts.scheme, parts.netloc, prefix + kubeflow_path(namespace, name), "", ""))
+
+
+def _number(value: Any) -> float | None:
+    """A metric's value: the callback sends `str(value)` ("0.25", "nan", "inf"); a JSON number is taken
+    too. NaN and infinities are returned (the loss rule needs them); anything else is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if abs(value) <= 1e308 else math.inf  # huge JSON ints would not fit a float
+    if not isinstance(value, str) or len(value) > MAX_NUMBER_TEXT:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _metrics(value: Any) -> dict[str, Any]:
+    """`[{"name": str, "value": ...}, ...]` as a dict (the last of a repeated name wins)."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise PayloadError("trainerStatus.metrics: not a list")
+    if len(value) > MAX_METRICS:
+        raise PayloadError(f"trainerStatus.metrics: more than {MAX_METRICS} entries")
+    metrics: dict[str, Any] = {}
+    for index, entry in enumerate(value):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_METRIC_NAME:
+            raise PayloadError(f"trainerStatus.metrics[{index}]: not a {{name, value}} object")
+        metrics[name] = entry.get("value")
+    return metrics
+
+
+def parse_kubeflow(body: bytes | str, namespace: str, name: str, now: datetime) -> Report:
+    """A report of transformers' `KubeflowCallback`, for the job its URL names (`namespace`, `name`
+    from the path, validated like jobName/jobNamespace): `{"trainerStatus": {"lastUpdatedTime",
+    "progressPercentage", "estimatedRemainingSeconds", "metrics": [{"name", "value"}]}}`. The step is
+    `current_step`, the total `total_steps`, the epoch `current_epoch` (else `epoch`); loss, learning
+    rate and grad norm follow our rules (a NaN or infinite loss is `loss_non_finite`). Progress 100 with
+    0 s remaining is the final report (on_train_end). It is `partial`: see `fill`."""
+    name, namespace = _job_names(name, namespace, ("the URL's job name", "the URL's namespace"))
+    data = _json_object(body)
+    status = data.get("trainerStatus")
+    if not isinstance(status, dict):
+        raise PayloadError("trainerStatus: not an object")
+    metrics = _metrics(status.get("metrics"))
+    stamp = parse_time(status.get("lastUpdatedTime"))
+    if stamp is None or stamp > now:
+        stamp = now
+    loss = _number(metrics.get("loss"))
+    total = _int(_number(metrics.get("total_steps")))
+    epoch = _number(metrics.get("current_epoch"))
+    eta = _float(status.get("estimatedRemainingSeconds"), minimum=0)
+    return Report(
+        job_name=name,
+        job_namespace=namespace,
+        timestamp=stamp,
+        step=_int(_number(metrics.get("current_step"))),
+        total_steps=total if total else None,
+        epoch=_float(_number(metrics.get("epoch")) if epoch is None else epoch, minimum=0),
+        loss=_float(loss),
+        learning_rate=_float(_number(metrics.get("learning_rate")), minimum=0),
+        grad_norm=_float(_number(metrics.get("grad_norm")), minimum=0),
+        eta_seconds=eta,
+        final=_int(status.get("progressPercentage")) == 100 and eta == 0,
+        loss_non_finite=loss is not None and not math.isfinite(loss),
+        partial=True,
+    )
+
+
+# The numbers a partial report may leave out, and their keys in status.progress.
+_FILLED = (
+    ("step", "step"),
+    ("total_steps", "totalSteps"),
+    ("epoch", "epoch"),
+    ("learning_rate", "learningRate"),
+    ("grad_norm", "gradNorm"),
+    ("tokens_per_second", "tokensPerSecond"),
+    ("eta_seconds", "etaSeconds"),
+)
+
+
+def fill(report: Report, shown: Mapping[str, Any] | None) -> Report:
+    """A partial report completed from `shown` (a status.progress) for what it leaves out; a final one
+    without a step ended at its last step. Idempotent; a whole report (ours) is returned as it is."""
+    if not report.partial:
+        return report
+    shown = shown if isinstance(shown, Mapping) else {}
+    values: dict[str, Any] = {}
+    for attr, key in _FILLED:
+        if getattr(report, attr) is None:
+            kept = _int(shown.get(key)) if attr in ("step", "total_steps") else _float(shown.get(key), 0)
+            if kept is not None:
+                values[attr] = kept
+    if report.final and report.step is None and values.get("total_steps", report.total_steps):
+        values["step"] = values.get("total_steps", report.total_steps)  # it ended: all steps are done
+    if report.loss is None and not report.loss_non_finite:
+        values["loss"] = _float(shown.get("loss"))
+        values["loss_non_finite"] = shown.get("lossNonFinite") is True
+    return dataclasses.replace(report, **values)
+
+
 # ---------------------------------------------------------------- status.progress
 
 
-def to_progress(report: Report) -> dict[str, Any]:
-    """The `status.progress` object of the API model; unknown values are absent."""
+def to_progress(report: Report, shown: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `status.progress` object of the API model; unknown values are absent. `shown` (the current
+    status.progress) completes a partial report (`fill`)."""
+    report = fill(report, shown)
     eta = report.eta_seconds
     if report.final:
         eta = 0
     percent = None
-    if report.total_steps:
+    if report.total_steps and report.step is not None:
         percent = min(100, report.step * 100 // report.total_steps)
     values: dict[str, Any] = {
         "step": report.step,
@@ -231,17 +372,22 @@ def is_newer(report: Report, status: Mapping[str, Any] | None) -> bool:
     if report.timestamp != shown:
         return report.timestamp > shown
     step = current.get("step")
-    return report.final or not isinstance(step, int) or report.step >= step
+    return report.final or not isinstance(step, int) or report.step is None or report.step >= step
 
 
 def newest(a: Report | None, b: Report) -> Report:
     """Of two reports for one job, the one to keep while a write is due: ordered as `is_newer` orders
-    them (the later sample; within one second the final report, else the higher step)."""
-    if a is None or b.timestamp > a.timestamp:
+    them (the later sample; within one second the final report, else the higher step). A partial one
+    that wins keeps what it leaves out from the other (`fill`)."""
+    if a is None:
         return b
-    if b.timestamp == a.timestamp and (b.final or (not a.final and b.step >= a.step)):
-        return b
-    return a
+    later = b.timestamp > a.timestamp or (
+        b.timestamp == a.timestamp
+        and (b.final or (not a.final and (b.step is None or a.step is None or b.step >= a.step)))
+    )
+    if not later:
+        return a
+    return fill(b, to_progress(a)) if b.partial else b
 
 
 # ---------------------------------------------------------------- authorization

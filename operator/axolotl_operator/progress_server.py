@@ -6,6 +6,12 @@ never wait on Kopf. Blocking API calls (TokenReview, reads) run in a small threa
     POST /progress   Authorization: Bearer <projected ServiceAccount token, audience = settings>
       429 too many from this address or token · 401 no/invalid token · 413 body over 16 KiB
       400 bad payload · 403 not this job's pod · 503 API server unavailable · 202 taken
+    POST /kubeflow/namespaces/<namespace>/axolotljobs/<name>
+      what transformers' KubeflowCallback sends (images without our runner): the same checks in the
+      same order, the job named by the path; 200 taken (the callback ignores anything else)
+
+Over HTTPS when given an SSLContext (`progress_tls` keeps its certificate): a bearer token never crosses
+the pod network in cleartext. Plain HTTP is for local runs on loopback.
 
 The input is the attacker's, so the order is cheapest and most certain first: rate limits (a token
 bucket per remote address, then per token hash; 429 with Retry-After), then who sends (TokenReview),
@@ -33,7 +39,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from aiohttp import web
 
@@ -41,6 +47,8 @@ from . import metrics
 from .constants import Names
 from .kube import KubeApi
 from .progress import (
+    KUBEFLOW_ROUTE,
+    PROGRESS_PATH,
     Bucket,
     Denied,
     Identity,
@@ -50,20 +58,25 @@ from .progress import (
     bearer_token,
     check_identity,
     identity_of,
+    parse_kubeflow,
     parse_report,
     take,
 )
 from .trainer_contract import PROGRESS_MAX_BODY_BYTES as MAX_BODY_BYTES
 
+if TYPE_CHECKING:
+    import ssl
+
 log = logging.getLogger("axolotl_operator.progress")
 
-PATH = "/progress"
+PATH = PROGRESS_PATH
 ALLOWED_SECONDS = 60.0  # a token's identity, and its pod's right to report for a job
 REFUSED_SECONDS = 10.0  # a refusal (401, 403): a junk token costs one TokenReview per 10 s
 CACHE_MAX = 4096  # entries per table (identities, authorizations, each rate limiter)
 WORKERS = 4
 
 K = TypeVar("K", bound=Hashable)
+Parse = Callable[[bytes, datetime], Report]  # a protocol's body (and path) -> a Report, or PayloadError
 V = TypeVar("V")
 
 
@@ -145,6 +158,7 @@ class ProgressServer:
         monotonic: Callable[[], float] = time.monotonic,
         per_address: Limit = Limit(),
         per_token: Limit = Limit(),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.kube = kube
         self.audience = audience
@@ -153,6 +167,7 @@ class ProgressServer:
         self.port = port
         self.clock = clock
         self.monotonic = monotonic
+        self.ssl_context = ssl_context
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="progress")
         self._by_address = RateLimiter(per_address)
         self._by_token = RateLimiter(per_token)
@@ -167,6 +182,7 @@ class ProgressServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(PATH, self._post)
+        app.router.add_post(KUBEFLOW_ROUTE, self._post_kubeflow)
         return app
 
     def start(self, timeout: float = 30) -> int:
@@ -196,7 +212,7 @@ class ProgressServer:
         runner = web.AppRunner(self.app(), access_log=None)  # one line per pod every 5 s is noise
         try:
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
             loop.run_until_complete(site.start())
             self.port = int(runner.addresses[0][1])
             self._stop = asyncio.Event()
@@ -206,7 +222,8 @@ class ProgressServer:
             loop.run_until_complete(runner.cleanup())
             loop.close()
             return
-        log.info("progress endpoint on http://%s:%d%s", self.host, self.port, PATH)
+        scheme = "https" if self.ssl_context is not None else "http"
+        log.info("progress endpoint on %s://%s:%d%s", scheme, self.host, self.port, PATH)
         ready.set()
         try:
             loop.run_until_complete(self._stop.wait())
@@ -217,8 +234,15 @@ class ProgressServer:
     # ---------------------------------------------------------------- HTTP
 
     async def _post(self, request: web.Request) -> web.Response:
+        return await self._respond(request, lambda body, now: parse_report(body, now), 202)
+
+    async def _post_kubeflow(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        return await self._respond(request, lambda body, now: parse_kubeflow(body, namespace, name, now), 200)
+
+    async def _respond(self, request: web.Request, parse: Parse, accepted: int) -> web.Response:
         try:
-            answer = await self._answer(request)
+            answer = await self._answer(request, parse, accepted)
         except Exception as exc:  # a bug: one line in the log, no traceback with a request in it
             log.error("progress report failed: %s", one_line(exc))
             answer = Answer(500, "internal error")
@@ -232,7 +256,7 @@ class ProgressServer:
             {"code": answer.code, "message": answer.message}, status=answer.code, headers=headers
         )
 
-    async def _answer(self, request: web.Request) -> Answer:
+    async def _answer(self, request: web.Request, parse: Parse, accepted: int) -> Answer:
         wait = self._by_address.take(request.remote or "", self.monotonic())
         if wait:
             return Answer(429, "too many requests from this address", wait)
@@ -256,7 +280,7 @@ class ProgressServer:
         if len(body) > MAX_BODY_BYTES:
             return Answer(413, f"body over {MAX_BODY_BYTES} bytes")
         try:
-            report = parse_report(body, self.clock())
+            report = parse(body, self.clock())
         except PayloadError as exc:
             return Answer(400, str(exc))
         try:
@@ -268,7 +292,7 @@ class ProgressServer:
             log.warning("%s: cannot check a progress report's pod: %s", where, one_line(exc, token))
             return Answer(503, "the API server could not check the pod")
         self.accept(dataclasses.replace(report, job_uid=uid))
-        return Answer(202, "accepted")
+        return Answer(accepted, "accepted")
 
     # ---------------------------------------------------------------- who sends, and may it report
 
@@ -286,7 +310,6 @@ class ProgressServer:
             self._identities.put(digest, known, self.monotonic() + seconds)
         if isinstance(known, Denied):
             raise Denied(known.status, known.reason)
-        return known
         return known
 
     async def _authorize(self, identity: Identity, digest: str, report: Report) -> str:
@@ -306,6 +329,7 @@ class ProgressServer:
             self._authorized.put(key, known, self.monotonic() + seconds)
         if isinstance(known, Denied):
             raise Denied(known.status, known.reason)
+        return known
 
     def _check(self, identity: Identity, report: Report) -> str:
         """In a worker thread: read the token's pod, the AxolotlJob and its Job, and decide (pure)."""

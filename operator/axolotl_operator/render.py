@@ -25,6 +25,7 @@ from .constants import (
     Names,
     labels,
 )
+from .progress import kubeflow_url
 from .settings import OperatorSettings
 from .trainer_contract import (
     EXIT_INVALID_CONFIG,
@@ -71,11 +72,14 @@ def output_dir(job_name: str) -> str:
     return f"{Paths.DATA_MOUNT}/outputs/{job_name}"
 
 
-def training_config(parsed: ParsedJob) -> tuple[dict[str, Any], dict[str, str]]:
+def training_config(parsed: ParsedJob, settings: OperatorSettings) -> tuple[dict[str, Any], dict[str, str]]:
     """The config file Axolotl reads, plus extra files for the ConfigMap (an inline DeepSpeed config)."""
     config = dict(parsed.config)
     config.setdefault("output_dir", output_dir(parsed.name))
-    config.setdefault("dataset_prepared_path", f"{Paths.DATA_MOUNT}/prepared")
+    prepared = (
+        Paths.CACHE_PREPARED if cache_claim(parsed.job.spec, settings) else f"{Paths.DATA_MOUNT}/prepared"
+    )
+    config.setdefault("dataset_prepared_path", prepared)
     config.setdefault("auto_resume_from_checkpoints", True)
     files: dict[str, str] = {}
     if isinstance(config.get("deepspeed"), Mapping):
@@ -94,7 +98,7 @@ def render(
     job = parsed.job
     names = Names.of(parsed.name)
     owners = [owner_reference(owner)] if owner is not None else None
-    config, extra_files = training_config(parsed)
+    config, extra_files = training_config(parsed, settings)
 
     def metadata(name: str, component: str, owned: bool = True) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -112,11 +116,9 @@ def render(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(names.config_map, "config"),
-        "data": {Paths.CONFIG_FILE: dump(config), **extra_files},
+        "data": {Paths.CONFIG_FILE: dump(config), **extra_files, **progress_ca_data(settings)},
     }
-    claim = (
-        None if existing_claim(job) else _claim(job, settings, metadata(names.claim, "data", owned=False))
-    )
+    claim = None if existing_claim(job) else _claim(job, settings, metadata(names.claim, "data", owned=False))
     service = _service(names, metadata(names.service, "rendezvous")) if job.spec.nodes > 1 else None
     batch_job = _job(parsed, settings, names, namespace, metadata(names.job, "training"))
     return Children(config_map=config_map, job=batch_job, claim=claim, service=service)
@@ -133,6 +135,19 @@ def claim_access_modes(spec: AxolotlJobSpec) -> list[str]:
     if spec.storage and spec.storage.access_modes:
         return list(spec.storage.access_modes)
     return ["ReadWriteMany"] if spec.nodes > 1 else ["ReadWriteOnce"]
+
+
+def cache_claim(spec: AxolotlJobSpec, settings: OperatorSettings) -> str | None:
+    """The shared cache claim the job mounts at /workspace/cache: spec.cache's, else the operator's
+    default, unless spec.cache.enabled is false."""
+    if spec.cache and spec.cache.enabled is False:
+        return None
+    return (spec.cache.claim_name if spec.cache else None) or settings.cache_claim or None
+
+
+def hf_home(cache: str | None) -> str:
+    """Where Hugging Face caches models and datasets: the shared cache, else the job's own volume."""
+    return Paths.CACHE_HF_HOME if cache else Paths.HF_HOME
 
 
 def mounted_claim(parsed: ParsedJob) -> str:
@@ -177,7 +192,7 @@ def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace:
     env: list[dict[str, Any]] = [
         {"name": Env.BASE_VOLUME, "value": Paths.DATA_MOUNT},
         {"name": Env.CONFIG_DIR, "value": Paths.CONFIG_DIR},
-        {"name": Env.HF_HOME, "value": Paths.HF_HOME},
+        {"name": Env.HF_HOME, "value": hf_home(cache_claim(spec, settings))},
         {"name": Env.DO_NOT_TRACK, "value": "1"},
         {"name": Env.JOB_NAME, "value": parsed.name},
         {"name": Env.JOB_NAMESPACE, "value": namespace},
@@ -201,10 +216,29 @@ def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace:
         env += [
             {"name": Env.PROGRESS_URL, "value": settings.progress_url},
             {"name": Env.PROGRESS_TOKEN_FILE, "value": Paths.PROGRESS_TOKEN_FILE},
+            # transformers' KubeflowCallback (images without our runner): the URL names the job
+            {
+                "name": Env.KUBEFLOW_SERVER_URL,
+                "value": kubeflow_url(settings.progress_url, namespace, parsed.name),
+            },
+            {"name": Env.KUBEFLOW_SERVER_TOKEN, "value": Paths.PROGRESS_TOKEN_FILE},
         ]
+        if progress_ca_data(settings):
+            env += [
+                {"name": Env.PROGRESS_CA_FILE, "value": Paths.PROGRESS_CA_FILE},
+                {"name": Env.KUBEFLOW_SERVER_CA_CERT, "value": Paths.PROGRESS_CA_FILE},
+            ]
     env += secret_env(spec)
     # The user's variables come last; validation refuses any name the operator sets (RESERVED_ENV).
     return env + [var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []]
+
+
+def progress_ca_data(settings: OperatorSettings) -> dict[str, str]:
+    """The progress endpoint's CA certificate (public, never its key) for the job's ConfigMap, when the
+    progress URL is https and the operator has one: trainer pods verify the endpoint with it."""
+    if settings.progress_ca and settings.progress_url.startswith("https://"):
+        return {Paths.PROGRESS_CA_NAME: settings.progress_ca}
+    return {}
 
 
 def secret_env(spec: AxolotlJobSpec) -> list[dict[str, Any]]:
@@ -235,9 +269,12 @@ def resources(
     return result
 
 
-def workspace_mounts(claim_name: str, config_map: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def workspace_mounts(
+    claim_name: str, config_map: str, cache: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumeMounts, volumes) of the job's workspace: the claim at /workspace/data, the config
-    read-only at /src/config, and a memory /dev/shm (PyTorch's data loaders need more than 64 MiB)."""
+    read-only at /src/config, a memory /dev/shm (PyTorch's data loaders need more than 64 MiB), and the
+    shared cache claim at /workspace/cache when there is one."""
     mounts = [
         {"name": "data", "mountPath": Paths.DATA_MOUNT},
         {"name": "config", "mountPath": Paths.CONFIG_DIR, "readOnly": True},
@@ -248,6 +285,9 @@ def workspace_mounts(claim_name: str, config_map: str) -> tuple[list[dict[str, A
         {"name": "config", "configMap": {"name": config_map}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
+    if cache:
+        mounts.append({"name": "cache", "mountPath": Paths.CACHE_MOUNT})
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache}})
     return mounts, volumes
 
 
@@ -271,7 +311,7 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
     ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
     if spec.nodes > 1:
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
-    mounts, volumes = workspace_mounts(claim_name, names.config_map)
+    mounts, volumes = workspace_mounts(claim_name, names.config_map, cache_claim(spec, settings))
     if settings.progress_url:
         mounts.append({"name": "progress-token", "mountPath": Paths.PROGRESS_TOKEN_DIR, "readOnly": True})
         token = {
@@ -279,12 +319,16 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
             "expirationSeconds": PROGRESS_TOKEN_SECONDS,
             "path": Paths.PROGRESS_TOKEN_NAME,
         }
-        volumes.append({"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": token}]}})
+        sources: list[dict[str, Any]] = [{"serviceAccountToken": token}]
+        if progress_ca_data(settings):  # the operator's CA next to the token (optional: never blocks a start)
+            ca = {"key": Paths.PROGRESS_CA_NAME, "path": Paths.PROGRESS_CA_NAME}
+            sources.append({"configMap": {"name": names.config_map, "items": [ca], "optional": True}})
+        volumes.append({"name": "progress-token", "projected": {"sources": sources}})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.default_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": list(RUNNER_COMMAND),
+        "command": list(spec.command or RUNNER_COMMAND),
         "env": _env(parsed, settings, names, namespace),
         "ports": ports,
         "resources": resources(spec.resources, spec.gpus, settings),
@@ -301,6 +345,8 @@ def _pod_spec(parsed: ParsedJob, settings: OperatorSettings, names: Names, names
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.args:
+        container["args"] = list(spec.args)
     if spec.nodes > 1:
         pod["subdomain"] = names.service
     optional = {
@@ -336,15 +382,7 @@ def _job(
         "completions": spec.nodes,
         "parallelism": spec.nodes,
         "completionMode": "Indexed" if spec.nodes > 1 else "NonIndexed",
-        "podFailurePolicy": {
-            "rules": [
-                {"action": "FailJob", "onExitCodes": _exit_codes(EXIT_INVALID_CONFIG)},
-                # Eviction and preemption are not the training's fault: retry without using up backoffLimit.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                # Stopped by SIGTERM after saving a checkpoint (a drain, a delete, a suspend): the same.
-                {"action": "Ignore", "onExitCodes": _exit_codes(EXIT_PREEMPTED)},
-            ]
-        },
+        "podFailurePolicy": {"rules": _failure_rules(custom_command=bool(spec.command))},
         "template": {"metadata": pod_meta, "spec": _pod_spec(parsed, settings, names, namespace)},
     }
     if spec.active_deadline_seconds is not None:
@@ -352,6 +390,21 @@ def _job(
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def _failure_rules(custom_command: bool) -> list[dict[str, Any]]:
+    """The Job's podFailurePolicy. The exit-code rules are the runner's contract: a custom command's exit
+    codes mean nothing to us, so it gets only the disruption rule."""
+    # Eviction and preemption are not the training's fault: retry without using up backoffLimit.
+    disruption = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    if custom_command:
+        return [disruption]
+    return [
+        {"action": "FailJob", "onExitCodes": _exit_codes(EXIT_INVALID_CONFIG)},
+        disruption,
+        # Stopped by SIGTERM after saving a checkpoint (a drain, a delete, a suspend): the same.
+        {"action": "Ignore", "onExitCodes": _exit_codes(EXIT_PREEMPTED)},
+    ]
 
 
 def _exit_codes(*codes: int) -> dict[str, Any]:

@@ -25,7 +25,12 @@ class OperatorSettings:
     # Where trainer pods POST progress; empty disables progress reporting to the operator.
     progress_url: str = ""
     progress_audience: str = "axolotl-operator"
+    # The CA certificate (PEM) trainer pods verify an https progress URL with; the operator sets it from
+    # the endpoint's own CA (`progress_tls`). Empty: the image's system CAs.
+    progress_ca: str = ""
     image_pull_policy: str = "IfNotPresent"
+    # A claim in each job's namespace shared by all jobs as their model and dataset cache; empty: none.
+    cache_claim: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> OperatorSettings:

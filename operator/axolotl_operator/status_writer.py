@@ -142,8 +142,9 @@ class StatusWriter:
             if wait > 0 and not early:
                 return wait
             del self._reports[key]
+        written = to_progress(report, status.get("progress"))  # a partial (Kubeflow) report keeps the rest
         try:
-            self._apply(key, {"progress": to_progress(report)}, PROGRESS_FIELD_MANAGER)
+            self._apply(key, {"progress": written}, PROGRESS_FIELD_MANAGER)
         except Exception:
             self.offer(report)  # retried with the key; a newer report meanwhile wins
             raise
@@ -151,9 +152,8 @@ class StatusWriter:
             self._last_progress[key] = self.clock()
             if wait > 0:
                 self._early_final[key] = self._last_progress[key]
-        written = to_progress(report)
         metrics.observe_progress(key[0], key[1], written)
-        log.debug("%s/%s: progress step %d", key[0], key[1], report.step)
+        log.debug("%s/%s: progress step %s", key[0], key[1], written.get("step"))
         before = status.get("progress") or {}
         if any(written.get(k) != before.get(k) for k in MESSAGE_PROGRESS_KEYS):
             return 0.0  # the message quotes these ("checkpoint saved at step N"): compute it again now

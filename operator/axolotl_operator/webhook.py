@@ -37,13 +37,15 @@ from . import certs
 from .admission import LOCAL_CONFIGURATION, WEBHOOK_NAME, WEBHOOK_PATH, webhook_configuration
 from .constants import COMPONENT
 from .kube import ApiError, Kube
+from .pki_store import CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, ensure_pki, stored_pki
+
+__all__ = ["CA_CERT", "CA_KEY", "TLS_CERT", "TLS_KEY", "Webhook", "WebhookOptions", "ensure_pki"]
 
 log = logging.getLogger("axolotl_operator")
 
 CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
-CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
 PREVIOUS_CA = "previous-ca.crt"  # kept in memory only, for one refresh
 CHECK_SECONDS = 3600.0  # how often the certificates' expiry is checked
 RETRY_SECONDS = 10.0  # after a failed renewal or registration
@@ -99,24 +101,6 @@ class WebhookOptions:
             f"{name}.{namespace}",
             name,
         ]
-
-
-def ensure_pki(stored: Mapping[str, bytes], hosts: list[str], now: datetime) -> dict[str, bytes]:
-    """The CA and serving certificate to use: the stored ones while valid, new ones where needed."""
-    ca_cert, ca_key = stored.get(CA_CERT, b""), stored.get(CA_KEY, b"")
-    if certs.needs_renewal(ca_cert, now) or not certs.pair_matches(ca_cert, ca_key):
-        ca = certs.new_ca(f"{COMPONENT}-webhook-ca", now)
-    else:
-        ca = certs.KeyPair(ca_cert, ca_key)
-    tls_cert, tls_key = stored.get(TLS_CERT, b""), stored.get(TLS_KEY, b"")
-    fresh = (
-        not certs.needs_renewal(tls_cert, now)
-        and certs.pair_matches(tls_cert, tls_key)
-        and certs.covers(tls_cert, hosts)
-        and certs.signed_by(tls_cert, ca.cert_pem)
-    )
-    serving = certs.KeyPair(tls_cert, tls_key) if fresh else certs.new_serving_cert(ca, hosts, now)
-    return {CA_CERT: ca.cert_pem, CA_KEY: ca.key_pem, TLS_CERT: serving.cert_pem, TLS_KEY: serving.key_pem}
 
 
 class Webhook:
@@ -249,38 +233,7 @@ class Webhook:
     def _stored_pki(self) -> dict[str, bytes]:
         """The PKI kept in the Secret, renewed there first when due (a conflict means a peer won: reuse)."""
         namespace, _ = self.options.service_ref()
-        name = self.options.cert_secret
-        path = f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
-        for _attempt in range(3):
-            secret = self._get(path)
-            if secret is None:
-                secret = {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "type": "Opaque",
-                    "metadata": {"name": name, "namespace": namespace},
-                }
-            stored = {k: _decoded(v) for k, v in (secret.get("data") or {}).items()}
-            wanted = ensure_pki(stored, self.options.hosts(), self.now())
-            if all(stored.get(k) == v for k, v in wanted.items()):
-                return wanted
-            secret["data"] = {k: base64.b64encode(v).decode() for k, v in wanted.items()}
-            try:
-                if secret["metadata"].get("resourceVersion"):
-                    self.kube.request("PUT", path, body=secret)
-                else:
-                    self.kube.request("POST", path.rsplit("/", 1)[0], body=secret)
-            except ApiError as exc:
-                if exc.status in (409, 404):
-                    continue  # another replica renewed (or the Secret changed hands): read it again
-                raise
-            log.info(
-                "webhook certificate for %s renewed in Secret %s/%s", self.options.hosts()[0], namespace, name
-            )
-            return wanted
-        raise RuntimeError(
-            f"Secret {namespace}/{name} kept changing while the webhook certificate was renewed"
-        )
+        return stored_pki(self.kube, namespace, self.options.cert_secret, self.options.hosts(), self.now())
 
     # ---------------------------------------------------------------- registration
 
@@ -345,13 +298,6 @@ class Webhook:
         if patch:
             self.kube.request("PATCH", path, body=patch, content_type=JSON_PATCH)
             log.info("webhook CA bundle set on %s", self.options.configuration)
-
-
-def _decoded(value: Any) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (ValueError, TypeError):
-        return b""  # garbage in the Secret: replaced like a missing entry
 
 
 def _points_at(configuration: Mapping[str, Any], url: str) -> bool:

@@ -53,6 +53,11 @@ def test_cpu_job_trains_for_real_with_live_progress_and_metrics(
     output = workspace.host_path("outputs", "tiny")
     assert (output / "adapter_model.safetensors").stat().st_size > 0
     assert json.loads((output / "adapter_config.json").read_text())["r"] == 4
+    # ... and the status says so, from the runner's summary.
+    outputs = job["status"]["outputs"]
+    assert outputs["adapterPath"] == outputs["result"] == "/workspace/data/outputs/tiny", outputs
+    assert outputs["lastCheckpoint"].startswith("/workspace/data/outputs/tiny/checkpoint-"), outputs
+    assert "hubUrl" not in outputs and "modelPath" not in outputs
 
     # The operator's /metrics, scraped through its Service from inside the cluster.
     host = f"{release.fullname}-metrics.{release.namespace}.svc.cluster.local"

@@ -133,6 +133,8 @@ def test_trains_reports_progress_and_writes_summary(
     assert summary["finalLoss"] == pytest.approx(last["loss"])
     assert summary["outputDir"] == str(out)
     assert summary["lastCheckpoint"] == str(checkpoint)
+    assert summary["adapterPath"] == str(out)  # a LoRA run: the adapter, no full weights
+    assert "modelPath" not in summary and "hubUrl" not in summary and "wandbUrl" not in summary
     assert summary["runtimeSeconds"] > 0
     assert "error" not in summary
 

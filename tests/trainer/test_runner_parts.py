@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import sys
 import time
 import tomllib
@@ -181,6 +182,15 @@ def test_child_env_forces_no_telemetry_and_finds_the_launchers(tmp_path: Path) -
         {"PATH": "/usr/bin", "AXOLOTL_DO_NOT_TRACK": "0"}, "/venv/bin/python", tmp_path / "s.json"
     )
     assert env["AXOLOTL_DO_NOT_TRACK"] == "1"
+    # the plugin reports progress; transformers' KubeflowCallback (the operator renders its URL for images
+    # without our runner) must not report it a second time
+    assert env["DISABLE_KUBEFLOW_INTEGRATION"] == "TRUE"
+    assert (
+        build_env({"DISABLE_KUBEFLOW_INTEGRATION": "FALSE"}, "/p", tmp_path / "s")[
+            "DISABLE_KUBEFLOW_INTEGRATION"
+        ]
+        == "TRUE"
+    )
     assert env["PATH"].split(":")[0] == "/venv/bin"
     assert env["AXOLOTL_JOB_RUNNER_STATE_FILE"] == str(tmp_path / "s.json")
 
@@ -301,6 +311,71 @@ def test_reporter_coalesces_and_rate_limits(tmp_path: Path, monkeypatch: pytest.
     assert (reporter.sent, reporter.failed) == (3, 0)
     assert all(r.authorization == "Bearer abc" for r in server.received)
     assert json.loads(state.read_text())["step"] == 100
+
+
+def _tls_pair(tmp_path: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A CA file and a server context whose certificate (for 127.0.0.1) that CA signed."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, key, issuer: str, signer, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    pem = serialization.Encoding.PEM
+    ca_file, cert_file, key_file = (
+        tmp_path / f"{name}-ca.crt",
+        tmp_path / f"{name}.crt",
+        tmp_path / f"{name}.key",
+    )
+    ca_file.write_bytes(cert(f"{name}-ca", ca_key, f"{name}-ca", ca_key, True).public_bytes(pem))
+    cert_file.write_bytes(cert("progress", key, f"{name}-ca", ca_key, False).public_bytes(pem))
+    key_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    return ca_file, server
+
+
+def test_reporter_posts_over_https_verified_against_the_operators_ca(tmp_path: Path) -> None:
+    ca_file, server_tls = _tls_pair(tmp_path, "operator")
+    stranger_ca, _ = _tls_pair(tmp_path, "stranger")
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    with serve_progress(server_tls) as server:
+        assert server.url.startswith("https://")
+        reporter = ProgressReporter(server.url, str(token), None, interval=0.0, ca_file=str(ca_file))
+        reporter.submit(ProgressReport(step=3, total_steps=10))
+        reporter.close()
+        assert (reporter.sent, reporter.failed) == (1, 0)
+        assert [(r.body["step"], r.authorization) for r in server.received] == [(3, "Bearer abc")]
+        # another CA: the certificate is refused before anything (the token) is sent
+        wrong = ProgressReporter(server.url, str(token), None, interval=0.0, ca_file=str(stranger_ca))
+        wrong.submit(ProgressReport(step=4))
+        wrong.close()
+        assert (wrong.sent, wrong.failed) == (0, 1)
+        assert len(server.received) == 1
 
 
 def test_reporter_never_blocks_the_caller_or_the_state_file_on_a_hanging_endpoint(tmp_path: Path) -> None:

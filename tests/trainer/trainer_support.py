@@ -9,6 +9,7 @@ import json
 import os
 import random
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -194,7 +195,8 @@ class ProgressServer:
 
 
 @contextlib.contextmanager
-def serve_progress() -> Iterator[ProgressServer]:
+def serve_progress(tls: ssl.SSLContext | None = None) -> Iterator[ProgressServer]:
+    """The endpoint, over HTTPS with `tls` (a server context)."""
     holder: list[ProgressServer] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -211,7 +213,10 @@ def serve_progress() -> Iterator[ProgressServer]:
             return
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder.append(ProgressServer(url=f"http://127.0.0.1:{httpd.server_address[1]}/apis/progress"))
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    holder.append(ProgressServer(url=f"{scheme}://127.0.0.1:{httpd.server_address[1]}/apis/progress"))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield holder[0]

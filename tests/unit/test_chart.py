@@ -67,10 +67,11 @@ def test_watch_namespaces_and_settings_reach_the_operator(helm):
 
 
 def is_webhook(doc: dict) -> bool:
-    return doc["metadata"]["name"].endswith("-webhook")
+    """The webhook's or the progress endpoint's own Role (each for its certificate's Secret)."""
+    return doc["metadata"]["name"].endswith(("-webhook", "-progress"))
 
 
-def test_role_reads_no_secret_but_the_webhooks_own(helm):
+def test_role_reads_no_secret_but_the_webhooks_and_the_progress_endpoints_own(helm):
     docs = template(helm)
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     for rule in role["rules"]:
@@ -88,10 +89,11 @@ def test_role_reads_no_secret_but_the_webhooks_own(helm):
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
-                "resourceNames": ["ops-axolotl-operator-webhook-tls"],
+                "resourceNames": [f"ops-axolotl-operator-{which}-tls"],
                 "verbs": ["get", "update"],
             },
         )
+        for which in ("webhook", "progress")
     ]
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert {("axolotl.ai", "axolotljobs/status"), ("batch", "jobs"), ("", "pods")} <= granted
@@ -120,8 +122,12 @@ def test_trainer_pods_get_the_progress_endpoints_url(helm):
     )
     env = {e["name"]: e["value"] for e in container["env"]}
     name = service["metadata"]["name"]
-    assert env["AXOLOTL_OPERATOR_PROGRESS_URL"] == f"http://{name}.axolotl-system.svc:8081/progress"
+    assert env["AXOLOTL_OPERATOR_PROGRESS_URL"] == f"https://{name}.axolotl-system.svc:8081/progress"
     assert env["AXOLOTL_OPERATOR_PROGRESS_AUDIENCE"] == "axolotl-operator"
+    # HTTPS: the operator keeps its CA and certificate in the chart's (empty) Secret
+    assert "--progress-cert-secret=axolotl-system/ops-axolotl-operator-progress-tls" in container["args"]
+    secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-progress-tls")]
+    assert len(secrets) == 1 and "data" not in secrets[0]
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     assert any("tokenreviews" in rule["resources"] and rule["verbs"] == ["create"] for rule in role["rules"])
 
@@ -133,6 +139,7 @@ def test_progress_port_and_url_are_settable_and_zero_turns_it_off(helm):
     assert "--progress-port=9000" in container["args"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["AXOLOTL_OPERATOR_PROGRESS_URL"] == "http://op.example:9000/progress"
+    assert not any(a.startswith("--progress-cert-secret") for a in container["args"])  # http: no TLS
     docs = template(helm, "progress.port=0")
     container = _container(docs)
     assert not any(arg.startswith("--progress-port") for arg in container["args"])
@@ -251,7 +258,12 @@ def test_cert_manager_issues_the_certificate_and_the_operator_manages_nothing(he
     container = operator_container(all_docs)
     assert "--webhook-cert-dir=/etc/axolotl-operator/webhook-certs" in container["args"]
     assert not any(a.startswith("--webhook-cert-secret") for a in container["args"])
-    rules = [r for d in all_docs if d["kind"] in {"Role", "ClusterRole"} for r in d["rules"]]
+    rules = [
+        r
+        for d in all_docs
+        if d["kind"] in {"Role", "ClusterRole"} and not d["metadata"]["name"].endswith("-progress")
+        for r in d["rules"]
+    ]
     assert not any({"secrets", "validatingwebhookconfigurations"} & set(r["resources"]) for r in rules)
 
 
@@ -511,3 +523,28 @@ def test_the_dashboard_config_map_carries_the_shipped_json_for_grafanas_sidecar(
     assert config_map["metadata"]["labels"]["grafana.com/dashboard"] == "true"
     assert config_map["metadata"]["namespace"] == "grafana"
     assert config_map["metadata"]["annotations"] == {"grafana_folder": "ML"}
+
+
+def test_the_shared_cache_claim_reaches_the_operator_and_is_created_only_when_asked(helm):
+    env = {e["name"]: e.get("value") for e in _container(template(helm, "cache.claimName=team-cache"))["env"]}
+    assert env["AXOLOTL_OPERATOR_CACHE_CLAIM"] == "team-cache"
+    assert not [
+        d for d in template(helm, "cache.claimName=team-cache") if d["kind"] == "PersistentVolumeClaim"
+    ]
+
+    docs = template(helm, "cache.claimName=team-cache", "cache.create=true", "watchNamespaces={ml,research}")
+    claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert sorted(c["metadata"]["namespace"] for c in claims) == ["ml", "research"]
+    for claim in claims:
+        assert claim["metadata"]["name"] == "team-cache"
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # outlives uninstall
+        assert "ownerReferences" not in claim["metadata"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+
+
+def test_creating_a_cache_without_a_name_is_refused(helm):
+    result = subprocess.run(
+        [helm, "template", "ops", str(CHART), "--set", "cache.create=true"], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "cache.create needs cache.claimName" in result.stderr

@@ -80,4 +80,4 @@ def test_names_columns_and_subresources():
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Progress", "Loss", "ETA", "Model", "Age"]
+    assert columns == ["Phase", "Progress", "Loss", "ETA", "Model", "Result", "Age"]

@@ -247,3 +247,37 @@ def test_progress_reporting_uses_a_projected_token():
     )
     source = volume["projected"]["sources"][0]["serviceAccountToken"]
     assert source["audience"] == "axolotl-operator" and token_file.endswith("/" + source["path"])
+    # transformers' KubeflowCallback (an image without our runner) gets the job's own URL and the same token
+    assert env["KUBEFLOW_TRAINER_SERVER_URL"] == (
+        "http://axolotl-operator.system.svc:8081/kubeflow/namespaces/ml/axolotljobs/demo"
+    )
+    assert env["KUBEFLOW_TRAINER_SERVER_TOKEN"] == token_file
+    assert "AXOLOTL_PROGRESS_CA_FILE" not in env and "KUBEFLOW_TRAINER_SERVER_CA_CERT" not in env  # http
+
+
+def test_an_https_progress_url_mounts_the_operators_ca_from_the_jobs_config_map():
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    url = "https://op-progress.system.svc:8081/progress"
+    children = _render(manifest(), settings=OperatorSettings(progress_url=url, progress_ca=ca))
+    env = _env(children)
+    ca_file = "/var/run/secrets/axolotl.ai/progress/progress-ca.crt"
+    assert env["AXOLOTL_PROGRESS_CA_FILE"] == env["KUBEFLOW_TRAINER_SERVER_CA_CERT"] == ca_file
+    assert env["KUBEFLOW_TRAINER_SERVER_URL"] == (
+        "https://op-progress.system.svc:8081/kubeflow/namespaces/ml/axolotljobs/demo"
+    )
+    assert children.config_map["data"]["progress-ca.crt"] == ca  # the public certificate, never a key
+    spec = children.job["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "progress-token")
+    config = volume["projected"]["sources"][1]["configMap"]
+    assert config == {
+        "name": children.config_map["metadata"]["name"],
+        "items": [{"key": "progress-ca.crt", "path": "progress-ca.crt"}],
+        "optional": True,  # never blocks a pod from starting; only live progress would be missing
+    }
+    mount = next(m for m in _container(children)["volumeMounts"] if m["name"] == "progress-token")
+    assert mount["readOnly"] and ca_file.startswith(mount["mountPath"] + "/")
+    # a CA for an http URL is pointless and stays out
+    plain_settings = OperatorSettings(progress_url=url.replace("https", "http"), progress_ca=ca)
+    plain = _render(manifest(), settings=plain_settings)
+    assert "progress-ca.crt" not in plain.config_map["data"]
+    assert "AXOLOTL_PROGRESS_CA_FILE" not in _env(plain)

@@ -35,6 +35,10 @@ def paths(error: SpecError) -> list[str]:
     [
         ("AXOLOTL_PROGRESS_URL", "set by the operator"),
         ("AXOLOTL_PROGRESS_TOKEN_FILE", "set by the operator"),
+        ("AXOLOTL_PROGRESS_CA_FILE", "set by the operator"),
+        ("KUBEFLOW_TRAINER_SERVER_URL", "set by the operator"),  # would send the pod's token elsewhere
+        ("KUBEFLOW_TRAINER_SERVER_CA_CERT", "set by the operator"),
+        ("KUBEFLOW_TRAINER_SERVER_TOKEN", "set by the operator"),
         ("AXOLOTL_CONFIG_DIR", "set by the operator"),
         ("HF_HOME", "set by the operator"),
         ("AXOLOTL_JOB_NAME", "set by the operator"),

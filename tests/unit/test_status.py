@@ -161,6 +161,9 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
             "outputDir": "/workspace/data/out",
             "lastCheckpoint": "/workspace/data/out/checkpoint-500",
             "hubModelId": "me/model",
+            "adapterPath": "/workspace/data/out",
+            "hubUrl": "https://huggingface.co/me/model",
+            "wandbUrl": "https://wandb.ai/me/proj/runs/abc123",
         }
     )
     done = pod("Succeeded", state=terminated(0, text, reason="Completed"))
@@ -168,11 +171,15 @@ def test_complete_job_is_succeeded_with_the_runner_summary():
     status = result.status
     assert status["phase"] == "Succeeded"
     assert "500/500 steps" in status["message"] and "1.234" in status["message"]
-    assert "me/model" in status["message"]
+    assert "pushed to https://huggingface.co/me/model" in status["message"]
     assert status["outputs"] == {
+        "result": "https://huggingface.co/me/model",
         "outputDir": "/workspace/data/out",
-        "hubModelId": "me/model",
+        "adapterPath": "/workspace/data/out",
         "lastCheckpoint": "/workspace/data/out/checkpoint-500",
+        "hubModelId": "me/model",
+        "hubUrl": "https://huggingface.co/me/model",
+        "wandbUrl": "https://wandb.ai/me/proj/runs/abc123",
     }
     assert status["completionTime"] == T1
     assert "progress" not in status  # the progress field manager writes it

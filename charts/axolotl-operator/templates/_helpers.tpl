@@ -33,6 +33,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.progress.url -}}
 {{- .Values.progress.url -}}
 {{- else -}}
-{{- printf "http://%s-progress.%s.svc:%v/progress" (include "axolotl-operator.fullname" .) .Release.Namespace .Values.progress.port -}}
+{{- printf "https://%s-progress.%s.svc:%v/progress" (include "axolotl-operator.fullname" .) .Release.Namespace .Values.progress.port -}}
 {{- end -}}
+{{- end }}
+
+{{- /* "true" when the progress endpoint serves HTTPS: its CA and certificate live in <fullname>-progress-tls. */ -}}
+{{- define "axolotl-operator.progressTls" -}}
+{{- if and .Values.progress.port (hasPrefix "https://" (include "axolotl-operator.progressUrl" .)) -}}true{{- end -}}
 {{- end }}

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from .config import AxolotlConfig
-from .kube_values import DnsSubdomain, EnvName, Image, LabelKey, LabelValue, Quantity, SecretKey
+from .kube_values import Argument, DnsSubdomain, EnvName, Image, LabelKey, LabelValue, Quantity, SecretKey
 
 GROUP = "axolotl.ai"
 VERSION = "v1alpha1"
@@ -73,6 +73,27 @@ class Storage(KubeModel):
     )
 
 
+class Cache(KubeModel):
+    """A claim shared by many jobs at /workspace/cache: Hugging Face's cache (HF_HOME) and Axolotl's
+    prepared datasets, so a base model is downloaded and a dataset tokenized once. Never deleted by the
+    operator; concurrent jobs share it safely through Hugging Face's and Axolotl's file locks."""
+
+    enabled: bool | None = field(
+        "false: no shared cache for this job (HF_HOME on the job's own volume), even if the operator has "
+        "a default cache claim."
+    )
+    claim_name: DnsSubdomain | None = field(
+        "An existing PersistentVolumeClaim in the job's namespace (ReadWriteMany, so pods on any node "
+        "share it); default the operator's cache claim (chart value cache.claimName)."
+    )
+
+    @model_validator(mode="after")
+    def _claim_or_off(self) -> Cache:
+        if self.enabled is False and self.claim_name is not None:
+            raise ValueError("set claimName or enabled: false, not both")
+        return self
+
+
 class ResourceRequirements(KubeModel):
     """Extra CPU/memory for the trainer container; GPUs come from spec.gpus."""
 
@@ -125,6 +146,15 @@ class AxolotlJobSpec(KubeModel):
     """What to train and where: the Axolotl config plus the Kubernetes settings of its pods."""
 
     image: Image | None = field("Trainer image; default from operator settings.")
+    command: list[Argument] | None = field(
+        "Run this instead of axolotl-job-runner, e.g. a script of a custom image built on the Hugging Face "
+        "Trainer: it reports live progress through transformers' KubeflowCallback (the operator sets its "
+        "environment). Without the runner there is no Axolotl validation, termination summary or "
+        "checkpoint on SIGTERM; the config is still at /src/config/config.yaml.",
+        min_length=1,
+        max_length=64,
+    )
+    args: list[Argument] | None = field("Arguments to spec.command.", max_length=256)
     gpus: int = field("GPUs per node; 0 runs on CPU only.", default=1, ge=0, le=64)
     gpu_memory: Quantity | None = field(
         "Memory of one GPU (e.g. 80Gi): the operator warns (GPUMemoryFits False) when its plan clearly "
@@ -133,6 +163,7 @@ class AxolotlJobSpec(KubeModel):
     nodes: int = field("Nodes (pods) to train on; above 1 runs multi-node torchrun.", default=1, ge=1, le=256)
     resources: ResourceRequirements | None = field("Extra CPU and memory requests and limits.")
     storage: Storage | None = field("The persistent volume mounted at /workspace/data.")
+    cache: Cache | None = field("The model and dataset cache shared across jobs, at /workspace/cache.")
     secrets: JobSecrets | None = field("Secrets injected as HF_TOKEN and WANDB_API_KEY.")
     env: list[EnvVar] | None = field("Extra environment variables for the trainer.")
     suspend: bool = field("Suspend the job: running pods stop; false resumes it.", default=False)

@@ -42,4 +42,6 @@ SecretKey = Annotated[str, StringConstraints(min_length=1, max_length=253, patte
 Quantity = (
     Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(max_length=64, pattern=QUANTITY_PATTERN)]
 )
+# One word of a container's command or args: bounded (the whole spec is bounded too), one line or many.
+Argument = Annotated[str, StringConstraints(max_length=4096)]
 Image = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=IMAGE_PATTERN)]

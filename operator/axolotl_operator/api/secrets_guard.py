@@ -119,6 +119,22 @@ def _env_issues(env: Any) -> Iterator[FieldIssue]:
             yield FieldIssue(path, f"the value of {name} looks like an access token; {ENV_FIX}")
 
 
+def _command_issues(spec: Mapping[str, Any]) -> Iterator[FieldIssue]:
+    """spec.command and spec.args end up in the pod spec, readable by anyone who can read pods: a token,
+    or the value of a credential flag (`--hf-token X`, `--api-key=X`), is refused."""
+    for field in ("command", "args"):
+        words = spec.get(field)
+        words = [str(w) for w in words] if isinstance(words, list) else []
+        for index, word in enumerate(words):
+            flag, equals, value = word.partition("=")
+            flag_name = flag.lstrip("-").replace("-", "_")
+            credential_flag = flag.startswith("-") and flag_name and _credential_key(flag_name)
+            following = index + 1 < len(words) and not words[index + 1].startswith("-")
+            if token_shaped(word) or (credential_flag and ((equals and value) or (not equals and following))):
+                at = index + 1 if credential_flag and not equals and not token_shaped(word) else index
+                yield FieldIssue(join_path(f"spec.{field}", at), f"this looks like an access token; {FIX}")
+
+
 def _metadata_issues(spec: Mapping[str, Any]) -> Iterator[FieldIssue]:
     """Values that become labels, annotations or selectors are shown to everyone who can read pods."""
     pod_meta = spec.get("podMetadata") if isinstance(spec.get("podMetadata"), Mapping) else {}
@@ -143,6 +159,7 @@ def find_spec_secrets(spec: Mapping[str, Any]) -> list[FieldIssue]:
     found = [
         *_config_issues(spec.get("config"), "spec.config"),
         *_env_issues(spec.get("env")),
+        *_command_issues(spec),
         *_metadata_issues(spec),
     ]
     return _bounded(found)

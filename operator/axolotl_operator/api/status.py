@@ -151,11 +151,18 @@ class Progress(KubeModel):
 
 
 class Outputs(KubeModel):
-    """Where the result is."""
+    """Where the result is (paths are on the job's volume, mounted at /workspace/data)."""
 
+    result: str | None = field(
+        "Where to fetch the trained model: the Hub page when pushed, else the full weights, else the adapter."
+    )
     output_dir: str | None = field("Output directory on the job's volume.")
-    hub_model_id: str | None = field("Hub repository the result is pushed to.")
+    adapter_path: str | None = field("Directory of the trained adapter (LoRA/QLoRA).")
+    model_path: str | None = field("Directory of full weights: a full fine-tune or the merged model.")
     last_checkpoint: str | None = field("The newest checkpoint the trainer wrote.")
+    hub_model_id: str | None = field("Hub repository the result is pushed to.")
+    hub_url: str | None = field("The Hub repository's page; set once the final push went through.")
+    wandb_url: str | None = field("The Weights & Biases run's page, when W&B is on.")
 
 
 class NotebookStatus(KubeModel):

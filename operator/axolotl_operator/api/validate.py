@@ -292,6 +292,13 @@ def _cross_field_issues(job: AxolotlJob) -> list[FieldIssue]:
                     "(and a StorageClass that supports it) or an existingClaim",
                 )
             )
+    if spec.args and not spec.command:
+        issues.append(
+            FieldIssue(
+                "spec.args",
+                "arguments go to spec.command (the runner takes none): set spec.command, or remove spec.args",
+            )
+        )
     if spec.workload_priority_class_name and not spec.queue_name:
         issues.append(
             FieldIssue(

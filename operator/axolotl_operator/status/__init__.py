@@ -21,7 +21,6 @@ from ..api.status import (
     Condition,
     ConditionType,
     NotebookStatus,
-    Outputs,
     Phase,
     Reason,
 )
@@ -30,6 +29,7 @@ from .children import Obj, Observed, get, true_condition
 from .conditions import conditions_for, set_condition
 from .diagnosis import pod_failure, pod_problem
 from .model import JobFacts, Observation, Transition, facts_of, facts_of_error
+from .outputs import outputs_of
 from .phase import RULES, observe
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def compute_status(
         status.claim_name = facts.claim_name or previous.get("claimName")
         status.attempts = _attempts(previous, job, pods)
         status.start_time = get(job, "status", "startTime") or previous.get("startTime")
-        status.outputs = _outputs(previous, obs.summary, facts)
+        status.outputs = outputs_of(previous.get("outputs") or {}, obs.summary, facts)
     progress = None
     if obs.phase in TERMINAL_PHASES:
         same = previous.get("phase") == obs.phase
@@ -191,18 +191,6 @@ def _completion_time(job: Obj | None, now: str) -> str:
         if cond:
             return get(job, "status", "completionTime") or cond.get("lastTransitionTime") or now
     return now
-
-
-def _outputs(previous: Obj, summary: Mapping[str, Any] | None, facts: JobFacts) -> Outputs | None:
-    outputs = dict(previous.get("outputs") or {})
-    summary = summary or {}
-    candidates = {
-        "outputDir": summary.get("outputDir") or facts.output_dir,
-        "hubModelId": summary.get("hubModelId") or facts.hub_model_id,
-        "lastCheckpoint": summary.get("lastCheckpoint"),
-    }
-    outputs.update({key: value for key, value in candidates.items() if value})
-    return Outputs.model_validate(outputs) if outputs else None
 
 
 def _transitions(previous: Obj, obs: Observation, facts: JobFacts) -> Iterable[Transition]:

@@ -25,6 +25,7 @@ from .children import (
     true_condition,
 )
 from .model import JobFacts, Observation
+from .outputs import clean_path, clean_url
 
 MAX_DETAIL = 1500  # characters of a runner's message kept in status.message
 IMAGE_PULL_REASONS = frozenset(
@@ -154,10 +155,10 @@ def success_message(summary: dict[str, Any] | None, facts: JobFacts) -> str:
         if isinstance(summary.get("runtimeSeconds"), int | float):
             parts.append(f"{summary['runtimeSeconds']:.0f} s")
     message = ", ".join(parts)
-    out = (summary or {}).get("outputDir") or facts.output_dir
+    out = clean_path((summary or {}).get("outputDir")) or facts.output_dir
     if out:
         message += f"; output in {out}"
-    hub = (summary or {}).get("hubModelId")
+    hub = clean_url((summary or {}).get("hubUrl"))
     if hub:
         message += f", pushed to {hub}"
     return message

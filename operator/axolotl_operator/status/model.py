@@ -61,7 +61,7 @@ def facts_of(parsed: Any, settings: Any) -> JobFacts:
     )
 
     spec = parsed.job.spec
-    config, _ = training_config(parsed)
+    config, _ = training_config(parsed, settings)
     existing = existing_claim(parsed.job)
     claim = mounted_claim(parsed)
     return JobFacts(

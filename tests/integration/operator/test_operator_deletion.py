@@ -118,3 +118,30 @@ def test_recreated_job_waits_for_the_old_children_then_runs(op, namespace):
     (job,) = children(namespace, "again", "jobs")
     assert job["metadata"]["ownerReferences"][0]["uid"] == uid
     assert obj["status"]["attempts"] == 1
+
+
+def test_the_shared_cache_is_mounted_by_every_job_and_outlives_them_all(op, namespace):
+    """spec.cache: two jobs mount one cache claim (HF_HOME on it); deleting both leaves it untouched."""
+    cache = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "model-cache", "labels": {"owner": "platform"}},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    apply_yaml(cache, namespace)
+    for name in ("cache-a", "cache-b"):
+        apply_yaml(make_axj(name, cache={"claimName": "model-cache"}), namespace)
+    for name in ("cache-a", "cache-b"):
+        wait_phase(namespace, name, "Succeeded")
+        pod = kubectl_json("get", "job", name, "-n", namespace)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == "model-cache"
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["HF_HOME"] == "/workspace/cache/huggingface"
+    for name in ("cache-a", "cache-b"):
+        kubectl("delete", "axolotljob", name, "-n", namespace, "--timeout=30s")
+    wait_for(gone(namespace, "cache-a", "jobs", "configmaps"), timeout=60, what="children collected")
+    wait_for(gone(namespace, "cache-b", "jobs", "configmaps"), timeout=60, what="children collected")
+    after = kubectl_json("get", "pvc", "model-cache", "-n", namespace)["metadata"]
+    assert after.get("deletionTimestamp") is None
+    assert "ownerReferences" not in after and after["labels"] == {"owner": "platform"}

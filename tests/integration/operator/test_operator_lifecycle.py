@@ -286,16 +286,29 @@ def test_runner_summary_fills_outputs_and_final_progress(op, namespace):
         "outputDir": "/workspace/data/outputs/summarised",
         "lastCheckpoint": "/workspace/data/outputs/summarised/checkpoint-500",
         "hubModelId": "me/tuned",
+        "adapterPath": "/workspace/data/outputs/summarised",
+        "hubUrl": "https://huggingface.co/me/tuned",
+        # The container's word: a URL with a query (which may carry a token) never reaches the status.
+        "wandbUrl": "https://wandb.ai/me/p/runs/1?s3cret=1",
     }
     knobs = {"kwok.axolotl.ai/termination-message": json.dumps(summary), "kwok.axolotl.ai/run-seconds": "0"}
     apply_yaml(make_axj("summarised", knobs), namespace)
     status = wait_phase(namespace, "summarised", "Succeeded")["status"]
     assert "500/500 steps" in status["message"] and "final loss 0.8731" in status["message"]
+    assert "pushed to https://huggingface.co/me/tuned" in status["message"]
     assert status["outputs"] == {
+        "result": "https://huggingface.co/me/tuned",
         "outputDir": summary["outputDir"],
+        "adapterPath": summary["adapterPath"],
         "lastCheckpoint": summary["lastCheckpoint"],
         "hubModelId": "me/tuned",
+        "hubUrl": "https://huggingface.co/me/tuned",
     }
+    wide = kubectl("get", "axolotljob", "summarised", "-n", namespace, "-o", "wide", "--no-headers").split()
+    assert "https://huggingface.co/me/tuned" in wide  # the RESULT column
+    described = kubectl("describe", "axolotljob", "summarised", "-n", namespace)
+    shown = described[described.index("\nStatus:") :]  # the spec holds the fake kubelet's summary knob
+    assert "https://huggingface.co/me/tuned" in shown and "s3cret" not in shown
     # The final progress is written right after the phase, by its own field manager (a second apply).
     final = wait_for(
         lambda: get_axj(namespace, "summarised")["status"].get("progress"), what="the final progress"

@@ -24,10 +24,16 @@ class Paths:
     CONFIG_FILE: Final = "config.yaml"  # Axolotl's config inside CONFIG_DIR
     DEEPSPEED_FILE: Final = "deepspeed.json"  # an inline DeepSpeed config inside CONFIG_DIR
     HF_HOME: Final = f"{DATA_MOUNT}/.cache/huggingface"  # models and datasets cached on the claim
+    CACHE_MOUNT: Final = "/workspace/cache"  # the shared cache claim (spec.cache), when there is one
+    CACHE_HF_HOME: Final = f"{CACHE_MOUNT}/huggingface"  # HF_HOME then: base models downloaded once
+    CACHE_PREPARED: Final = f"{CACHE_MOUNT}/prepared"  # Axolotl's prepared datasets, keyed by their hash
     TERMINATION_LOG: Final = "/dev/termination-log"  # the termination summary goes here
     PROGRESS_TOKEN_DIR: Final = "/var/run/secrets/axolotl.ai/progress"  # projected ServiceAccount token
     PROGRESS_TOKEN_NAME: Final = "token"
     PROGRESS_TOKEN_FILE: Final = f"{PROGRESS_TOKEN_DIR}/{PROGRESS_TOKEN_NAME}"
+    # The operator's CA (an https progress URL): a key of the job's ConfigMap, mounted next to the token.
+    PROGRESS_CA_NAME: Final = "progress-ca.crt"
+    PROGRESS_CA_FILE: Final = f"{PROGRESS_TOKEN_DIR}/{PROGRESS_CA_NAME}"
 
 
 # ---- ports of the trainer container ----
@@ -49,6 +55,12 @@ class Env:
     METRICS_PORT: Final = "AXOLOTL_METRICS_PORT"
     PROGRESS_URL: Final = "AXOLOTL_PROGRESS_URL"
     PROGRESS_TOKEN_FILE: Final = "AXOLOTL_PROGRESS_TOKEN_FILE"
+    PROGRESS_CA_FILE: Final = "AXOLOTL_PROGRESS_CA_FILE"  # set when the progress URL is https
+    # transformers' KubeflowCallback turns itself on when the URL is set (images without our runner);
+    # the runner turns it off for its child (DISABLE_KUBEFLOW_INTEGRATION), which reports by itself.
+    KUBEFLOW_SERVER_URL: Final = "KUBEFLOW_TRAINER_SERVER_URL"
+    KUBEFLOW_SERVER_CA_CERT: Final = "KUBEFLOW_TRAINER_SERVER_CA_CERT"
+    KUBEFLOW_SERVER_TOKEN: Final = "KUBEFLOW_TRAINER_SERVER_TOKEN"
     NPROC_PER_NODE: Final = "NPROC_PER_NODE"  # GPUs per pod; 0 trains on the CPU
     NNODES: Final = "NNODES"
     NODE_RANK: Final = "NODE_RANK"
@@ -193,6 +205,10 @@ class TerminationSummary:
     last_checkpoint: str | None = None
     resumed_from: str | None = None
     hub_model_id: str | None = None
+    adapter_path: str | None = None  # the adapter's directory (LoRA/QLoRA)
+    model_path: str | None = None  # full weights: a full fine-tune or the merged model
+    hub_url: str | None = None  # the Hub repository, set only once the final push went through
+    wandb_url: str | None = None  # the W&B run's page
     error: SummaryError | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -209,6 +225,10 @@ class TerminationSummary:
             "lastCheckpoint": self.last_checkpoint,
             "resumedFrom": self.resumed_from,
             "hubModelId": self.hub_model_id,
+            "adapterPath": self.adapter_path,
+            "modelPath": self.model_path,
+            "hubUrl": self.hub_url,
+            "wandbUrl": self.wandb_url,
             "error": {k: v for k, v in asdict(self.error).items() if v is not None} if self.error else None,
             **self.extra,
         }
@@ -228,7 +248,7 @@ class TerminationSummary:
             error["message"] = message[:keep].decode(errors="ignore") + "...[truncated]"
             data["error"] = error
             text = _dumps(data)
-        for name in ("resumedFrom", "lastCheckpoint", "outputDir", "hubModelId"):
+        for name in ("resumedFrom", "wandbUrl", "lastCheckpoint", "adapterPath", "modelPath", "outputDir"):
             if len(text) <= limit:
                 break
             data.pop(name, None)

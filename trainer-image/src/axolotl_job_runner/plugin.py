@@ -5,6 +5,7 @@ Loaded by Axolotl inside the training process (`plugins: [axolotl_job_runner.plu
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from . import cpu_compat
 from .contract import Env, ProgressReport, utc_now
 from .preemption import CheckpointOnSigterm
 from .progress import ProgressReporter
+from .results import hub_url, results_record, wandb_run_url
 from .settings import STATE_FILE_ENV
 
 
@@ -79,6 +81,7 @@ class ProgressCallback(TrainerCallback):
             url=self.env.get(Env.PROGRESS_URL),
             token_file=self.env.get(Env.PROGRESS_TOKEN_FILE),
             state_file=Path(state_file) if state_file else None,
+            ca_file=self.env.get(Env.PROGRESS_CA_FILE),
         )
         self.start_time = time.monotonic()
         self.start_step = int(state.global_step or 0)
@@ -113,8 +116,42 @@ class ProgressCallback(TrainerCallback):
         self.reporter = None
 
 
+class ResultsRecorder(TrainerCallback):
+    """Records the W&B run page when training starts (the W&B callback has set up its run by then);
+    `pushed` adds the Hub page once Axolotl's final push went through."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ if env is None else env)
+        state_file = env.get(STATE_FILE_ENV)
+        self.path = results_record(Path(state_file)) if state_file else None
+        self.record: dict[str, str] = {}
+        self.world_process_zero = True
+
+    def _save(self) -> None:
+        if self.path is not None and self.world_process_zero and self.record:
+            self.path.write_text(json.dumps(self.record), encoding="utf-8")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.world_process_zero = bool(state.is_world_process_zero)
+        url = wandb_run_url()
+        if url:
+            self.record["wandbUrl"] = url
+            self._save()
+
+    def pushed(self, repo_id: str | None) -> None:
+        """Called after Axolotl's `trainer.push_to_hub()` returned (it raises when the push fails)."""
+        if repo_id:
+            self.record["hubUrl"] = hub_url(repo_id)
+            self._save()
+
+
 class JobRunnerPlugin(BasePlugin):
-    """Adds ProgressCallback to the Trainer Axolotl builds."""
+    """Adds ProgressCallback, CheckpointOnSigterm and ResultsRecorder to the Trainer Axolotl builds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: ResultsRecorder | None = None
+        self.trainer: Any = None
 
     def register(self, cfg: Any) -> None:
         # Called by Axolotl's load_cfg before it normalizes the config and probes the GPUs.
@@ -122,4 +159,11 @@ class JobRunnerPlugin(BasePlugin):
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
         progress = ProgressCallback()
-        return [progress, CheckpointOnSigterm(before_exit=progress.stopped)]
+        self.results, self.trainer = ResultsRecorder(), trainer
+        return [progress, CheckpointOnSigterm(before_exit=progress.stopped), self.results]
+
+    def post_train(self, cfg: Any, model: Any) -> None:
+        # Axolotl calls this after its final `trainer.push_to_hub()`, which raises if the push failed.
+        if cfg.get("hub_model_id") and self.results is not None:
+            # The Trainer resolves a bare repository name to <user>/<name> when it creates the repo.
+            self.results.pushed(getattr(self.trainer, "hub_model_id", None) or cfg.get("hub_model_id"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import tempfile
 import threading
 import time
@@ -53,15 +54,29 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def post_report(url: str, payload: dict[str, Any], token: str | None, timeout: float) -> int:
-    """POST one payload; returns the HTTP status (raises on transport errors)."""
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """Verification against the operator's CA (mounted from its ConfigMap) for an https URL; None: the
+    system's CAs. Built once per reporter: the CA outlives a training run."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+
+def post_report(
+    url: str,
+    payload: dict[str, Any],
+    token: str | None,
+    timeout: float,
+    context: ssl.SSLContext | None = None,
+) -> int:
+    """POST one payload; returns the HTTP status (raises on transport errors, a failed TLS check too)."""
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "axolotl-job-runner"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     # No proxies: the endpoint is the in-cluster operator Service.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
         with opener.open(request, timeout=timeout) as response:
             return int(response.status)
@@ -79,11 +94,14 @@ class ProgressReporter:
         state_file: Path | None,
         interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
         timeout: float = POST_TIMEOUT_SECONDS,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url if url and url.startswith(("http://", "https://")) else None
         if url and not self.url:
             LOG.warning("AXOLOTL_PROGRESS_URL %r is not http(s); progress will not be POSTed", url)
         self.token_file = token_file
+        self.ca_file = ca_file
+        self._context: ssl.SSLContext | None = None
         self.state_file = state_file
         self.interval = interval
         self.timeout = timeout
@@ -166,7 +184,9 @@ class ProgressReporter:
             return
         try:
             assert self.url is not None
-            status = post_report(self.url, report.to_payload(), token, self.timeout)
+            if self._context is None and self.ca_file:
+                self._context = tls_context(self.ca_file)  # here: a bad CA file is a failed POST
+            status = post_report(self.url, report.to_payload(), token, self.timeout, self._context)
         except Exception as exc:  # a dead endpoint must never matter
             self._log_failure(f"POST {self.url} failed: {exc}")
             return

@@ -45,6 +45,7 @@ from .contract import (
 from .errors import extract_error
 from .launch import build_command, build_env, effective_config
 from .metrics import MetricsServer, read_state, render_metrics
+from .results import model_files, read_record
 from .settings import Settings, SettingsError, count_visible_gpus, load_settings, preempted_marker
 
 LOG = logging.getLogger("axolotl_job_runner")
@@ -75,7 +76,8 @@ class Supervisor:
         if child is not None and child.returncode is None:
             terminating = signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
             LOG.info(
-                "forwarding %s to the training %s", signal.Signals(signum).name,
+                "forwarding %s to the training %s",
+                signal.Signals(signum).name,
                 "process" if terminating else "process group",
             )
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -240,9 +242,7 @@ class Runner:
         assert self.settings is not None
         result_file = self.workdir / "validation.json"
         env = dict(self.env)
-        env.update(
-            {Env.DO_NOT_TRACK: "1", "AXOLOTL_JOB_RUNNER_WORLD_SIZE": str(self.settings.world_size)}
-        )
+        env.update({Env.DO_NOT_TRACK: "1", "AXOLOTL_JOB_RUNNER_WORLD_SIZE": str(self.settings.world_size)})
         argv = [
             sys.executable,
             "-m",
@@ -319,8 +319,16 @@ class Runner:
             common.update(steps=step, last_checkpoint=path)
             return self._summary(OUTCOME_PREEMPTED, EXIT_PREEMPTED, **common)
         if code == 0:
+            files, record = model_files(output_dir), read_record(self.state_file)
             return self._summary(
-                OUTCOME_SUCCEEDED, EXIT_SUCCEEDED, hub_model_id=validation.get("hubModelId"), **common
+                OUTCOME_SUCCEEDED,
+                EXIT_SUCCEEDED,
+                hub_model_id=validation.get("hubModelId"),
+                adapter_path=files.adapter_path,
+                model_path=files.model_path,
+                hub_url=record.get("hubUrl"),
+                wandb_url=record.get("wandbUrl"),
+                **common,
             )
         signal_code = self._signal_code()
         if signal_code is not None:
