@@ -91,6 +91,7 @@ def plan(
         {"name": Env.CONFIG_DIR, "value": Paths.CONFIG_DIR},
         {"name": Env.HF_HOME, "value": hf_home(cache)},
         {"name": Env.DO_NOT_TRACK, "value": "1"},
+        {"name": Env.HF_UPDATE_DOWNLOAD_COUNTS, "value": "0"},
         *secret_env(spec),
         *(var.model_dump(by_alias=True, exclude_none=True) for var in spec.env or []),
     ]

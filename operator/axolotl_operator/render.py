@@ -194,6 +194,7 @@ def _env(parsed: ParsedJob, settings: OperatorSettings, names: Names, namespace:
         {"name": Env.CONFIG_DIR, "value": Paths.CONFIG_DIR},
         {"name": Env.HF_HOME, "value": hf_home(cache_claim(spec, settings))},
         {"name": Env.DO_NOT_TRACK, "value": "1"},
+        {"name": Env.HF_UPDATE_DOWNLOAD_COUNTS, "value": "0"},
         {"name": Env.JOB_NAME, "value": parsed.name},
         {"name": Env.JOB_NAMESPACE, "value": namespace},
         {"name": Env.TERMINATION_LOG, "value": Paths.TERMINATION_LOG},

@@ -50,6 +50,8 @@ class Env:
     CONFIG_DIR: Final = "AXOLOTL_CONFIG_DIR"
     HF_HOME: Final = "HF_HOME"
     DO_NOT_TRACK: Final = "AXOLOTL_DO_NOT_TRACK"
+    # `datasets` counts downloads of local json/csv files with a request to an outside host: set to 0.
+    HF_UPDATE_DOWNLOAD_COUNTS: Final = "HF_UPDATE_DOWNLOAD_COUNTS"
     JOB_NAME: Final = "AXOLOTL_JOB_NAME"
     JOB_NAMESPACE: Final = "AXOLOTL_JOB_NAMESPACE"
     TERMINATION_LOG: Final = "AXOLOTL_TERMINATION_LOG"

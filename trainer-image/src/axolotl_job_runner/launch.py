@@ -12,11 +12,12 @@ from .settings import Settings
 
 PLUGIN_NAME = "axolotl_job_runner.plugin.JobRunnerPlugin"
 
-# Always set for the training child: clusters are often air-gapped and telemetry calls hang; and the
+# Always set for the training child: clusters are often air-gapped and telemetry calls hang (`datasets`
+# even sends a download-count request for local json/csv files unless HF_UPDATE_DOWNLOAD_COUNTS=0); and the
 # runner's plugin reports progress itself, so transformers' KubeflowCallback (on whenever the operator
 # renders KUBEFLOW_TRAINER_SERVER_URL, for images without our runner) must not report it twice.
 DISABLE_KUBEFLOW = "DISABLE_KUBEFLOW_INTEGRATION"
-FORCED_ENV = {Env.DO_NOT_TRACK: "1", DISABLE_KUBEFLOW: "TRUE"}
+FORCED_ENV = {Env.DO_NOT_TRACK: "1", Env.HF_UPDATE_DOWNLOAD_COUNTS: "0", DISABLE_KUBEFLOW: "TRUE"}
 
 
 def launcher_name(settings: Settings) -> str:

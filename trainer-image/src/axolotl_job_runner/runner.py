@@ -45,6 +45,7 @@ from .contract import (
 from .errors import extract_error
 from .launch import build_command, build_env, effective_config
 from .metrics import MetricsServer, read_state, render_metrics
+from .prepared import remove_torn
 from .results import model_files, read_record
 from .settings import Settings, SettingsError, count_visible_gpus, load_settings, preempted_marker
 
@@ -291,6 +292,8 @@ class Runner:
                 resume_from = str(found)
                 LOG.info("resuming from the last complete checkpoint %s", resume_from)
         raw = yaml.safe_load(self.settings.config_path.read_text(encoding="utf-8"))
+        if isinstance(raw.get("dataset_prepared_path"), str):  # a cache other jobs may have left torn
+            remove_torn(Path(raw["dataset_prepared_path"]))
         config_file = self.workdir / Paths.CONFIG_FILE
         config_file.write_text(
             yaml.safe_dump(effective_config(raw, resume_from), sort_keys=False), encoding="utf-8"
