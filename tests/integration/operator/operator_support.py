@@ -259,3 +259,29 @@ def kubelet_reports_waiting(namespace: str, pod: dict[str, Any], reason: str, me
         "-p",
         json.dumps(status),
     )
+
+
+def progress_operator(log_dir: Path, name: str, port: int, scheme: str) -> OperatorProcess:
+    """An operator with its progress endpoint on 127.0.0.1:`port`, telling trainer pods where it is
+    (`https`: it makes its own CA and serves TLS)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return OperatorProcess(
+        log_dir / f"{name}.log",
+        extra_args=("--progress-port", str(port), "--progress-host", "127.0.0.1"),
+        env={"AXOLOTL_OPERATOR_PROGRESS_URL": f"{scheme}://127.0.0.1:{port}/progress"},
+    )
+
+
+def delete_jobs_and_wait_for_pods(namespace: str) -> None:
+    """Held pods keep a deleted namespace terminating for a while; an operator started by a later test
+    would then log 403s for it. Delete the jobs and wait for their pods to go before the namespace does."""
+    kubectl("delete", "axolotljobs", "--all", "-n", namespace, "--wait=false", check=False)
+
+    def gone() -> bool:
+        if not kubectl_json("get", "pods", "-n", namespace)["items"]:
+            return True
+        # a Job not yet garbage-collected may have replaced a pod: remove whatever is there
+        kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
+        return False
+
+    wait_for(gone, timeout=90, interval=0.5, what=f"pods in {namespace} gone")

@@ -23,12 +23,14 @@ from operator_support import (
     HOLD,
     OperatorProcess,
     apply_yaml,
+    delete_jobs_and_wait_for_pods,
     free_port,
     get_axj,
     kubectl,
     kubectl_json,
     make_axj,
     pods_of,
+    progress_operator,
     wait_for,
     wait_phase,
 )
@@ -63,12 +65,7 @@ def operator_process(
 ) -> Iterator[OperatorProcess]:
     """The operator with an https progress URL on loopback: it makes its CA and serves TLS."""
     log_dir = Path(os.environ.get("AXOLOTL_OPERATOR_TEST_LOG_DIR") or tmp_path_factory.mktemp("operator"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    process = OperatorProcess(
-        log_dir / f"{__name__}.log",
-        extra_args=("--progress-port", str(progress_port), "--progress-host", "127.0.0.1"),
-        env={"AXOLOTL_OPERATOR_PROGRESS_URL": f"https://127.0.0.1:{progress_port}/progress"},
-    )
+    process = progress_operator(log_dir, __name__, progress_port, "https")
     process.start()
     yield process
     if process.running():
@@ -77,17 +74,8 @@ def operator_process(
 
 @pytest.fixture(autouse=True)
 def finish_jobs(namespace: str) -> Iterator[None]:
-    """Delete the jobs and wait for their held pods before the namespace goes (see test_operator_progress)."""
     yield
-    kubectl("delete", "axolotljobs", "--all", "-n", namespace, "--wait=false", check=False)
-
-    def gone() -> bool:
-        if not kubectl_json("get", "pods", "-n", namespace)["items"]:
-            return True
-        kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
-        return False
-
-    wait_for(gone, timeout=90, interval=0.5, what=f"pods in {namespace} gone")
+    delete_jobs_and_wait_for_pods(namespace)
 
 
 def running_pod(namespace: str, name: str) -> dict[str, Any]:
