@@ -96,3 +96,12 @@ demo-train: setup trainer-setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Side by side on the kwok tier (bench/README.md): the raw API limit, the operator and Kubeflow's
+# training-operator at N = 1, 100, 1000, then the 1,000-job scale run; bench/results/latest.json + PNG.
+# Its own control plane (~/.cache/axolotl-operator/bench-kubeenv). E.g. BENCH_ARGS="--n 100 --skip-scale".
+BENCH_ARGS ?=
+.PHONY: bench
+bench: setup
+	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/python bench/bench_scale.py $(BENCH_ARGS)
