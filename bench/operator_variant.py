@@ -1,7 +1,9 @@
 """`axolotl-operator` with Kopf settings overridden, for measuring them (bench_scale.py --kopf ...).
 
 BENCH_KOPF_SETTINGS="execution.max_workers=32;batching.worker_limit=100" applies each dotted setting
-after the operator's own `configure_kopf` (values are Python literals). Nothing else changes.
+after the operator's own `configure_kopf` (values are Python literals). BENCH_TRACEMALLOC=FILE traces
+allocations and rewrites FILE every 20 s with the live memory by source file and line (where the RSS
+goes). Nothing else changes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,35 @@ def _configure(settings: kopf.OperatorSettings, *args: Any, **kwargs: Any) -> No
 
 
 manager.configure_kopf = _configure
+
+
+def _trace_memory(path: str, every: float = 20.0) -> None:
+    import threading
+    import time
+    import tracemalloc
+
+    tracemalloc.start(1)
+
+    def dump() -> None:
+        while True:
+            time.sleep(every)
+            snapshot = tracemalloc.take_snapshot()
+            by_file = snapshot.statistics("filename")
+            by_line = snapshot.statistics("lineno")
+            total = sum(stat.size for stat in by_file)
+            lines = [f"traced {total / 2**20:.1f} MiB"]
+            lines += [f"{stat.size / 2**20:8.2f} MiB {stat.traceback}" for stat in by_file[:25]]
+            lines += ["", "by line:"] + [
+                f"{stat.size / 2**20:8.2f} MiB {stat.traceback}" for stat in by_line[:25]
+            ]
+            with open(path, "w") as handle:
+                handle.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=dump, name="tracemalloc-dump", daemon=True).start()
+
+
+if os.environ.get("BENCH_TRACEMALLOC"):
+    _trace_memory(os.environ["BENCH_TRACEMALLOC"])
 
 if __name__ == "__main__":
     sys.exit(cli.main())
