@@ -317,6 +317,7 @@ def chart_rbac(helm: Path, release: str, namespace: str) -> list[dict[str, Any]]
             "--show-only",
             "templates/serviceaccount.yaml",
             "--set=webhook.enabled=false",
+            "--set=progress.port=0",  # no progress endpoint here: no Role for its certificate Secret
         ],
         capture_output=True,
         text=True,
