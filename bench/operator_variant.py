@@ -3,7 +3,8 @@
 BENCH_KOPF_SETTINGS="execution.max_workers=32;batching.worker_limit=100" applies each dotted setting
 after the operator's own `configure_kopf` (values are Python literals). BENCH_TRACEMALLOC=FILE traces
 allocations and rewrites FILE every 20 s with the live memory by source file and line (where the RSS
-goes). Nothing else changes.
+goes); BENCH_TRACEMALLOC_FRAMES=N (default 1) keeps N frames per allocation and adds the biggest
+tracebacks, which name who holds the memory. Nothing else changes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _trace_memory(path: str, every: float = 20.0) -> None:
     import time
     import tracemalloc
 
-    tracemalloc.start(1)
+    frames = int(os.environ.get("BENCH_TRACEMALLOC_FRAMES") or 1)
+    tracemalloc.start(frames)
 
     def dump() -> None:
         while True:
@@ -52,6 +54,10 @@ def _trace_memory(path: str, every: float = 20.0) -> None:
             lines += ["", "by line:"] + [
                 f"{stat.size / 2**20:8.2f} MiB {stat.traceback}" for stat in by_line[:25]
             ]
+            if frames > 1:
+                for stat in snapshot.statistics("traceback")[:15]:
+                    lines += ["", f"{stat.size / 2**20:8.2f} MiB in {stat.count} blocks from:"]
+                    lines += [f"    {line}" for line in stat.traceback.format(most_recent_first=True)]
             with open(path, "w") as handle:
                 handle.write("\n".join(lines) + "\n")
 

@@ -1,7 +1,11 @@
 """The operator's state and its two jobs: make an AxolotlJob's children exist, keep its status current.
 
-- `reconcile` (create/update/resume): parse -> render -> create each child (409 = it exists: adopt or
-  keep, never duplicate) -> sync the Job's mutable fields -> enqueue the status.
+- `reconcile`: parse -> render -> create each child (409 = it exists: adopt or keep, never duplicate)
+  -> sync the Job's mutable fields -> enqueue the status. It runs on the reconcile queue, once per
+  generation of each AxolotlJob the watch delivers (new, edited, or seen at start), and again when it
+  must wait (`Waits`) or failed (backoff); `Stopped` ends it until the spec changes. Kopf's own change
+  handlers are not used: they keep a diff base per object (a deep copy per event and a PATCH per change)
+  that a generation number makes unnecessary.
 - Everything that may change a status (reconciles, Job and pod events, accepted progress reports, the
   periodic resync) only enqueues the job's key; `StatusWriter.sync` does the work, one worker per key,
   retried with backoff (`WorkQueue`).
@@ -14,8 +18,6 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
-
-import kopf
 
 from . import metrics
 from .api import SpecError, parse_job
@@ -33,19 +35,35 @@ from .status import JobFacts, facts_of, facts_of_error
 from .status.diagnosis import clip
 from .status_writer import Key, StatusWriter
 from .trainer_contract import utc_now
+from .watch_cache import WatchCache
 from .workqueue import WorkQueue
 
 log = logging.getLogger("axolotl_operator")
 
-RETRY_DELAY = 3  # seconds before Kopf retries a reconcile that had to wait (e.g. for garbage collection)
+RETRY_DELAY = 3  # seconds before a reconcile that had to wait runs again (e.g. for garbage collection)
 CONFLICT_RECHECK_SECONDS = 30  # a child name taken by a foreign object: look again (the user may remove it)
 STATUS_WORKERS = 8
+RECONCILE_WORKERS = 16  # creates are I/O-bound: 4 starved them, 32 bought nothing (bench/README.md)
 RESYNC_SECONDS = 300.0
 FACTS_CACHE_MAX = 4096
 
 
+class Stopped(Exception):
+    """The reconcile cannot go on with this spec; it is not retried until the spec changes (the status
+    says why)."""
+
+
+class Waits(Exception):
+    """The reconcile must wait (for garbage collection, for a conflicting object to go): it runs again
+    after `delay` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
 class Operator:
-    """Settings, the API client, the status queue and writer, and a cache of parsed specs."""
+    """Settings, the API client, the watch cache, the status queue and writer, and parsed specs."""
 
     def __init__(
         self,
@@ -53,6 +71,7 @@ class Operator:
         kube: KubeApi,
         *,
         workers: int = STATUS_WORKERS,
+        reconcile_workers: int = RECONCILE_WORKERS,
         resync_seconds: float = RESYNC_SECONDS,
         namespaces: tuple[str, ...] = (),
         retry_base_delay: float = 0.5,
@@ -63,8 +82,15 @@ class Operator:
         self.resync_seconds = resync_seconds
         self.namespaces = namespaces  # watched namespaces; empty: the whole cluster
         self.kueue_hold = KueueHold(kube)
+        self.cache = WatchCache(kube)
         self.writer = StatusWriter(
-            kube, self.facts, self.blocker, self._gone, NotebookKeeper(kube).sync, self.kueue_hold.sync
+            kube,
+            self.facts,
+            self.blocker,
+            self._gone,
+            NotebookKeeper(kube).sync,
+            self.kueue_hold.sync,
+            cache=self.cache,
         )
         self.queue = WorkQueue(
             self.writer.sync,  # type: ignore[arg-type]
@@ -74,6 +100,15 @@ class Operator:
             on_error=self._status_failed,
             name="status",
         )
+        self.reconciles = WorkQueue(
+            self._reconcile_key,  # type: ignore[arg-type]
+            workers=reconcile_workers,
+            base_delay=retry_base_delay,
+            max_delay=retry_max_delay,
+            on_error=self._reconcile_failed,
+            name="reconcile",
+        )
+        self._reconciled: dict[Key, tuple[str, int]] = {}  # (uid, generation) last reconciled in full
         self._facts: dict[tuple[str, int], JobFacts] = {}
         self._phases: dict[Key, str | None] = {}  # every AxolotlJob seen -> its last seen phase
         self._uids: dict[Key, str] = {}  # the uid of the AxolotlJob last seen under each name
@@ -83,17 +118,27 @@ class Operator:
 
     def start(self) -> Operator:
         self.queue.start()
+        self.reconciles.start()
         if self.resync_seconds > 0:
             self.queue.every(self.resync_seconds, self._resync)
         return self
 
     def stop(self) -> None:
+        self.reconciles.stop()
         self.queue.stop()
 
     # ---------------------------------------------------------------- triggers
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
+
+    def changed(self, namespace: str, name: str, uid: str, generation: int) -> None:
+        """An AxolotlJob as the watch delivered it: reconcile it unless this generation already was."""
+        key = (namespace, name)
+        with self._guard:
+            done = self._reconciled.get(key) == (uid, generation)
+        if not done:
+            self.reconciles.add(key)
 
     def seen(self, namespace: str, name: str, phase: str | None, uid: str | None = None) -> None:
         """An AxolotlJob as the watch delivered it: remembered for the resync."""
@@ -112,6 +157,7 @@ class Operator:
                 return  # a newer AxolotlJob of that name is known: not ours to forget
             self._phases.pop(key, None)
             self._uids.pop(key, None)
+            self._reconciled.pop(key, None)
             self._claims.pop(uid or "", None)
             blocked = self._blockers.get(key)
             if blocked and (uid is None or blocked[0] == uid):
@@ -134,6 +180,7 @@ class Operator:
         with self._guard:
             known = dict(self._phases)
         if listed is not None:
+            self.cache.prune_pods()
             for key in known.keys() - listed:
                 self._gone(key)
             for key in listed - known.keys():
@@ -154,7 +201,20 @@ class Operator:
     def _gone(self, key: Key) -> None:
         """The AxolotlJob no longer exists: drop what the operator keeps about it, metrics included."""
         metrics.forget_job(*key)
+        self.cache.forget_axolotljob(key)
         self.forget(*key)
+
+    def _reconcile_failed(self, key: Any, error: BaseException, failures: int, delay: float) -> None:
+        metrics.reconcile_error("reconcile")
+        namespace, name = key
+        log.warning(
+            "%s/%s: reconcile failed (%d failure(s) in a row), retrying in %.1fs: %s",
+            namespace,
+            name,
+            failures,
+            delay,
+            error,
+        )
 
     def _status_failed(self, key: Any, error: BaseException, failures: int, delay: float) -> None:
         metrics.reconcile_error("status")
@@ -191,6 +251,35 @@ class Operator:
 
     # ---------------------------------------------------------------- children
 
+    def _reconcile_key(self, key: Key) -> float | None:
+        """The reconcile queue's process: the AxolotlJob as last delivered, unless this generation was
+        done; seconds until it runs again when it must wait."""
+        namespace, name = key
+        axj = self.cache.get_axolotljob(namespace, name)
+        if axj is None or axj["metadata"].get("deletionTimestamp"):
+            return None  # gone or going: its children go with it
+        meta = axj["metadata"]
+        version = (str(meta["uid"]), int(meta.get("generation") or 0))
+        with self._guard:
+            if self._reconciled.get(key) == version:
+                return None
+        try:
+            self.reconcile(axj, namespace, name)
+        except Stopped as stop:
+            metrics.reconcile_error("reconcile")
+            log.warning("%s/%s: not reconciled (until the spec changes): %s", namespace, name, stop)
+        except Waits as wait:
+            metrics.reconcile_error("reconcile")
+            log.info("%s/%s: reconcile waits %.0fs: %s", namespace, name, wait.delay, wait)
+            return wait.delay
+        except ApiError as exc:
+            if not (exc.status == 403 and "being terminated" in str(exc)):
+                raise  # retried with backoff (`_reconcile_failed`)
+            log.info("%s/%s: the namespace is being deleted; nothing to reconcile", namespace, name)
+        with self._guard:
+            self._reconciled[key] = version
+        return None
+
     def reconcile(self, body: Mapping[str, Any], namespace: str, name: str) -> None:
         """Make the children exist as rendered; idempotent, so create, update and resume share it."""
         manifest = {key: body[key] for key in body}  # Kopf's Body as a plain dict
@@ -199,11 +288,11 @@ class Operator:
             parsed = parse_job(manifest)
         except SpecError as error:
             self.enqueue(namespace, name)
-            raise kopf.PermanentError(f"invalid spec, nothing created: {error}") from None
+            raise Stopped(f"invalid spec, nothing created: {error}") from None
         except Exception as error:  # a spec that breaks the parser is reported, never retried forever
             why = f"the operator could not read the spec: {_short(error)}"
             self._block(key, manifest["metadata"].get("uid", ""), Reason.INVALID_SPEC, why)
-            raise kopf.PermanentError(f"unreadable spec: {_short(error)}") from None
+            raise Stopped(f"unreadable spec: {_short(error)}") from None
         phase = (manifest.get("status") or {}).get("phase")
         if phase in TERMINAL_PHASES and self.kube.get_job(namespace, name) is None:
             # Finished and its Job removed by ttlSecondsAfterFinished: never train again on resume.
@@ -218,6 +307,8 @@ class Operator:
             if child is children.job:
                 job = obj
         assert job is not None
+        self.cache.put_job(job)  # the status sync reads it before the watch may have delivered it
+        self._persist_claim(manifest)
         spec = parsed.job.spec
         self.kueue_hold.sync(job, spec.queue_name, spec.suspend)  # before the Job: Kueue would undo it
         updates = job_updates(job, children.job, queue_name=spec.queue_name, suspend=spec.suspend)
@@ -240,19 +331,19 @@ class Operator:
             if exc.status in REJECTED_STATUSES:  # the API server refuses what the spec asks for
                 message = f"the API server refused {kind} {child_name}: {_short(exc)}. Fix the field it names"
                 self._block(key, uid, Reason.CREATE_REJECTED, message)
-                raise kopf.PermanentError(message) from None
+                raise Stopped(message) from None
             raise
         if created:
             log.info("%s/%s: created %s %s", namespace, name, kind, child_name)
             if kind == "PersistentVolumeClaim":
-                self._record_claim(axj, obj)
+                self._record_claim(axj, obj, persist=False)  # written once the Job exists: one step less
             return obj
         found = ownership(obj, name, uid)
         if found is Ownership.OURS or (kind == "PersistentVolumeClaim" and self._our_claim(axj, obj)):
             return obj
         if found is Ownership.NAMESAKE:
             self.enqueue(namespace, name)  # the status says WaitingForCleanup once the Job is read
-            raise kopf.TemporaryError(
+            raise Waits(
                 f"{describe(obj)} belongs to a deleted AxolotlJob of the same name "
                 f"(uid {controller_of(obj).get('uid')}); waiting for it to be garbage-collected",  # type: ignore[union-attr]
                 delay=RETRY_DELAY,
@@ -264,17 +355,31 @@ class Operator:
         )
         message = f"{describe(obj)} already exists where this job needs its {kind}; left untouched: {fix}"
         self._block(key, uid, Reason.CHILD_NAME_CONFLICT, message)
-        raise kopf.TemporaryError(message, delay=CONFLICT_RECHECK_SECONDS)
+        raise Waits(message, delay=CONFLICT_RECHECK_SECONDS)
 
     # ---------------------------------------------------------------- the claim (it outlives the job)
 
-    def _record_claim(self, axj: Mapping[str, Any], claim: Mapping[str, Any]) -> None:
+    def _record_claim(self, axj: Mapping[str, Any], claim: Mapping[str, Any], persist: bool = True) -> None:
         """Remember which claim the operator created for this AxolotlJob: in memory at once, and as an
-        annotation on the AxolotlJob (it has no owner reference to prove it later)."""
+        annotation on the AxolotlJob (it has no owner reference to prove it later). Until the annotation
+        is written, the intent recorded before the create proves the claim after a restart."""
         meta, claim_uid = axj["metadata"], str(claim["metadata"]["uid"])
         with self._guard:
             self._claims[meta["uid"]] = claim_uid
-        patch = {"metadata": {"annotations": {CLAIM_UID_ANNOTATION: claim_uid}}}
+        if persist:
+            self._annotate_claim(meta, claim_uid)
+
+    def _persist_claim(self, axj: Mapping[str, Any]) -> None:
+        """Write the uid of the claim created for this AxolotlJob, if only memory knows it yet."""
+        meta = axj["metadata"]
+        with self._guard:
+            claim_uid = self._claims.get(meta["uid"])
+        written = (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION)
+        if claim_uid and not claim_uid.startswith(CLAIM_PENDING) and written != claim_uid:
+            self._annotate_claim(meta, claim_uid)
+
+    def _annotate_claim(self, meta: Mapping[str, Any], value: str) -> None:
+        patch = {"metadata": {"annotations": {CLAIM_UID_ANNOTATION: value}}}
         self.kube.merge_patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
 
     def _intend_claim(self, axj: Mapping[str, Any]) -> None:
@@ -287,8 +392,7 @@ class Operator:
         if known or (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION):
             return
         intent = CLAIM_PENDING + utc_now()
-        patch = {"metadata": {"annotations": {CLAIM_UID_ANNOTATION: intent}}}
-        self.kube.merge_patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+        self._annotate_claim(meta, intent)
         with self._guard:
             self._claims.setdefault(meta["uid"], intent)
 

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -32,7 +32,7 @@ FINALIZER = f"{GROUP}/finalizer"
 WATCH_SERVER_TIMEOUT = 300  # the API server closes each watch after this; Kopf re-lists and resumes
 WATCH_CLIENT_TIMEOUT = 330
 CONNECT_TIMEOUT = 10
-MAX_WORKERS = 16  # threads for the (synchronous, blocking-I/O) handlers
+MAX_WORKERS = 16  # Kopf threads for synchronous handlers: only admission now (reconciles have their queue)
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -46,6 +46,21 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: the operator has no Kopf change handlers (it reconciles by generation), so Kopf need
+    not deep-copy every watched object on every event (`build`, about a fifth of its CPU at 1,000 jobs)
+    nor keep the copy in an annotation."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def configure_kopf(
     settings: kopf.OperatorSettings,
     workers: int = MAX_WORKERS,
@@ -54,9 +69,7 @@ def configure_kopf(
     """Kopf settings shared by the CLI and embedded runs."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.enabled = False
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT

@@ -52,6 +52,7 @@ PROGRESS_REPORTS = Counter(
 
 _lock = threading.Lock()
 _phases: dict[tuple[str, str], str] = {}
+_tally: Tally[str] = Tally()  # jobs per phase, kept in step with _phases (an event costs O(1), not O(jobs))
 _job_phase: dict[tuple[str, str], tuple[str, str]] = {}  # the (phase, reason) of each job's JOB_PHASE series
 
 
@@ -61,10 +62,26 @@ def serve(port: int) -> None:
         start_http_server(port)
 
 
-def _publish() -> None:
-    tally = Tally(_phases.values())
+def _count(key: tuple[str, str], phase: str | None) -> None:
+    """Move the job to `phase` (None: gone) in the per-phase gauge; under `_lock`."""
+    previous = _phases.pop(key, None) if phase is None else _phases.get(key)
+    if previous == phase:
+        return
+    if phase is not None:
+        _phases[key] = phase
+        _tally[phase] += 1
+        JOBS.labels(phase).set(_tally[phase])
+    if previous is not None:
+        _tally[previous] -= 1
+        JOBS.labels(previous).set(_tally[previous])
+
+
+def _publish_zeros() -> None:
     for phase in (*Phase, "Unknown"):
-        JOBS.labels(phase).set(tally.get(phase, 0))
+        JOBS.labels(phase).set(_tally.get(phase, 0))
+
+
+_publish_zeros()  # every phase has a series from the start, 0 until a job is in it
 
 
 def observe_job(namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
@@ -74,8 +91,7 @@ def observe_job(namespace: str, name: str, status: Mapping[str, Any] | None) -> 
     phase = status.get("phase") or "Unknown"
     current = (phase, status.get("reason") or "")
     with _lock:
-        _phases[key] = phase
-        _publish()
+        _count(key, phase)
         previous = _job_phase.get(key)
         if previous != current:
             if previous is not None:
@@ -102,8 +118,7 @@ def progress_report(code: int) -> None:
 def forget_job(namespace: str, name: str) -> None:
     """The AxolotlJob is gone: drop its series."""
     with _lock:
-        _phases.pop((namespace, name), None)
-        _publish()
+        _count((namespace, name), None)
         previous = _job_phase.pop((namespace, name), None)
         if previous is not None:
             JOB_PHASE.remove(namespace, name, *previous)

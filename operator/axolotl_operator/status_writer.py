@@ -1,12 +1,12 @@
 """The one writer of AxolotlJob status: the work queue's process function.
 
-For a key it reads the AxolotlJob, its Job and pods, computes the status (pure, `status`) and applies
-what changed with server-side apply under two field managers: the operator's (phase, reason, message,
-conditions, times, names) and the progress manager's (`status.progress`: the trainer's accepted reports
-and a finished run's final numbers). Progress writes are rate-limited per job: one per report interval,
-except that a final report skips the wait, at most once per interval (a sender repeating "final" is
-coalesced like any other); a report that must wait makes the key run again when its window opens.
-Errors propagate: the queue retries with backoff, so no update is lost.
+For a key it reads the AxolotlJob, its Job and pods (from the watch cache, `watch_cache`), computes the
+status (pure, `status`) and applies what changed with server-side apply under two field managers: the
+operator's (phase, reason, message, conditions, times, names) and the progress manager's (`status.progress`:
+the trainer's accepted reports and a finished run's final numbers). Progress writes are rate-limited per
+job: one per report interval, except that a final report skips the wait, at most once per interval (a sender
+repeating "final" is coalesced like any other); a report that must wait makes the key run again when its
+window opens. Errors propagate: the queue retries with backoff, so no update is lost.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from typing import Any
 
 from . import metrics
 from .api.status import OWNED_STATUS_KEYS, PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER, Reason
-from .constants import CONTROLLER_UID_LABEL, Names
+from .constants import Names
 from .kube import ApiError, KubeApi, Obj
 from .notebook import NotebookView
 from .ownership import controlled_by
 from .progress import Report, is_newer, newest, to_progress
 from .status import JobFacts, StatusResult, Transition, compute_status
+from .status.children import true_condition
 from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS, utc_now
+from .watch_cache import WatchCache
 
 log = logging.getLogger("axolotl_operator")
 
@@ -47,8 +49,10 @@ class StatusWriter:
         hold: Callable[[Obj | None, str | None, bool], None] = lambda job, queue_name, suspend: None,
         progress_interval: float = PROGRESS_MIN_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        cache: WatchCache | None = None,
     ) -> None:
         self.kube = kube
+        self.cache = cache if cache is not None else WatchCache(kube)  # never ready: reads the API
         self.facts = facts
         self.blocker = blocker
         self.gone = gone  # told when the AxolotlJob no longer exists
@@ -83,7 +87,7 @@ class StatusWriter:
     def sync(self, key: Key) -> float | None:
         """Bring the job's status up to date; seconds until a waiting report may be written, or None."""
         namespace, name = key
-        axj = self.kube.get_axolotljob(namespace, name)
+        axj = self.cache.get_axolotljob(namespace, name)
         if axj is None or axj["metadata"].get("deletionTimestamp"):
             self.forget(key)
             self.gone(key)
@@ -113,17 +117,22 @@ class StatusWriter:
         """(this AxolotlJob's Job, its pods, a previous AxolotlJob's Job of the same name). Read even when
         the spec is invalid now: an invalid edit of a running job must not hide the Job that still runs."""
         meta = axj["metadata"]
-        job = self.kube.get_job(meta["namespace"], Names.of(meta["name"]).job)
+        job = self.cache.get_job(meta["namespace"], Names.of(meta["name"]).job)
         if job is None:
             return None, [], None
         if not controlled_by(job, meta["uid"]):
             return None, [], job  # about to be garbage-collected
-        pods = self.kube.list_pods(meta["namespace"], f"{CONTROLLER_UID_LABEL}={job['metadata']['uid']}")
+        # A finished Job's pods are read afresh: their termination summaries make the final status, and the
+        # pod watch may deliver them after the Job's (once or twice in a job's life).
+        finished = true_condition(job, "Complete") or true_condition(job, "Failed")
+        pods = self.cache.job_pods(meta["namespace"], job["metadata"]["uid"], fresh=finished is not None)
         return job, pods, None
 
     def _apply(self, key: Key, status: Mapping[str, Any], manager: str) -> None:
+        """Write, and keep what the API server answered: the next sync must not take the status it
+        replaced for the current one (it would announce the same transition twice)."""
         try:
-            self.kube.apply_status(key[0], key[1], status, manager)
+            self.cache.put_axolotljob(self.kube.apply_status(key[0], key[1], status, manager))
         except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to write
                 raise

@@ -9,10 +9,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 import pytest
 from axolotl_operator.api.status import PROGRESS_FIELD_MANAGER, STATUS_FIELD_MANAGER
-from axolotl_operator.controller import Operator
+from axolotl_operator.controller import Operator, Stopped, Waits
+from axolotl_operator.kube import ApiError
 from axolotl_operator.progress import parse_report
 from axolotl_operator.settings import OperatorSettings
 from conftest import manifest
@@ -99,7 +99,7 @@ def test_an_object_planted_under_a_childs_name_is_never_taken_over(kube, make_op
     # Even with our labels: only the annotation with this AxolotlJob's uid (or our owner reference) proves it.
     before = kube.put(planted(kind, name, labels=ours("someone-else")["labels"]))
     axj = stored_axj(kube)
-    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+    with pytest.raises(Waits, match="left untouched"):
         operator.reconcile(axj, NS, NAME)
     settle(operator)
     assert kube.find("v1", kind, NS, name) == before  # not adopted, not patched
@@ -122,7 +122,7 @@ def test_labels_and_the_public_uid_are_no_proof_of_ownership(kube, make_operator
     operator = make_operator()
     axj = stored_axj(kube)
     forged = kube.put(planted("ConfigMap", "demo-config", **ours(axj["metadata"]["uid"])))
-    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+    with pytest.raises(Waits, match="left untouched"):
         operator.reconcile(axj, NS, NAME)
     assert kube.find("v1", "ConfigMap", NS, "demo-config") == forged
     assert kube.find("batch/v1", "Job", NS, NAME) is None
@@ -147,7 +147,7 @@ def test_a_claim_from_before_uids_were_recorded_counts_only_with_the_jobs_own_jo
     axj = stored_axj(kube)
     uid = axj["metadata"]["uid"]
     claim = kube.put(planted("PersistentVolumeClaim", "demo-data", **ours(uid)))
-    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+    with pytest.raises(Waits, match="left untouched"):
         operator.reconcile(axj, NS, NAME)  # no Job of this AxolotlJob yet: could be planted
     kube.put(kube_job(axj))  # an older operator made the claim, then this job's Job that mounts it
     operator._unblock((NS, NAME))
@@ -180,6 +180,44 @@ def test_a_claim_made_just_before_the_operator_was_killed_is_its_own_after_resta
     assert kube.find("batch/v1", "Job", NS, NAME) is not None
 
 
+def test_the_claims_uid_is_written_after_the_job_is_created_and_survives_a_failed_job_create(
+    kube, make_operator, monkeypatch
+):
+    """The uid is written once the Job exists (one request less before it); when the Job's create fails,
+    a restarted operator still proves the claim by the intent and writes its uid."""
+    first = make_operator()
+    first.reconcile(stored_axj(kube), NS, NAME)
+    steps = [call for call in kube.calls if call in ("create", "merge_patch")]
+    assert steps == ["create", "merge_patch", "create", "create", "merge_patch"]  # CM, intent, PVC, Job, uid
+
+    kube.delete("batch/v1", "Job", NS, NAME)
+    kube.delete("v1", "PersistentVolumeClaim", NS, "demo-data")
+    kube.delete("v1", "ConfigMap", NS, "demo-config")
+    kube.delete("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)
+    axj = stored_axj(kube)  # a new AxolotlJob of that name
+    create = kube.create
+
+    def no_job(manifest: dict[str, Any]) -> Any:
+        if manifest["kind"] == "Job":
+            raise ApiError(500, "Injected", {"message": "the API server broke down"})
+        return create(manifest)
+
+    monkeypatch.setattr(kube, "create", no_job)
+    with pytest.raises(ApiError):
+        make_operator().reconcile(axj, NS, NAME)
+    stored = kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)
+    intent = stored["metadata"]["annotations"]["axolotl.ai/claim-uid"]
+    assert intent.startswith("pending-since=")  # the uid was not written: the Job does not exist
+    claim = kube.find("v1", "PersistentVolumeClaim", NS, "demo-data")
+    claim["metadata"]["creationTimestamp"] = intent.removeprefix("pending-since=")
+    claim = kube.put(claim)
+    monkeypatch.setattr(kube, "create", create)
+    make_operator().reconcile(stored, NS, NAME)  # restarted: nothing in memory
+    recorded = kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, NAME)["metadata"]["annotations"]
+    assert recorded["axolotl.ai/claim-uid"] == claim["metadata"]["uid"]
+    assert kube.find("batch/v1", "Job", NS, NAME) is not None
+
+
 def test_a_claim_planted_before_the_intent_is_not_taken(kube, make_operator):
     operator = make_operator()
     axj = stored_axj(kube)
@@ -188,7 +226,7 @@ def test_a_claim_planted_before_the_intent_is_not_taken(kube, make_operator):
     early = planted("PersistentVolumeClaim", "demo-data", **ours(axj["metadata"]["uid"]))
     early["metadata"]["creationTimestamp"] = "2026-12-02T11:58:00Z"  # two minutes before the intent
     kube.put(early)
-    with pytest.raises(kopf.TemporaryError, match="left untouched"):
+    with pytest.raises(Waits, match="left untouched"):
         operator.reconcile(axj, NS, NAME)
     assert kube.find("batch/v1", "Job", NS, NAME) is None
 
@@ -234,7 +272,7 @@ def test_a_child_the_api_server_refuses_fails_the_job_without_retrying(kube, mak
     operator = make_operator()
     axj = stored_axj(kube)
     kube.fail("create", 422)
-    with pytest.raises(kopf.PermanentError, match="refused"):
+    with pytest.raises(Stopped, match="refused"):
         operator.reconcile(axj, NS, NAME)
     settle(operator)
     status = status_of(kube)
@@ -257,7 +295,7 @@ def test_a_job_of_a_deleted_namesake_is_waited_out(kube, make_operator):
         }
     )
     axj = stored_axj(kube)
-    with pytest.raises(kopf.TemporaryError, match="garbage-collected"):
+    with pytest.raises(Waits, match="garbage-collected"):
         operator.reconcile(axj, NS, NAME)
     settle(operator)
     status = status_of(kube)
@@ -436,9 +474,81 @@ def test_a_checkpoint_reported_by_a_stopped_pod_reaches_the_suspended_message(ku
     operator.reconcile(axj, NS, NAME)
     settle(operator)
     assert status_of(kube)["phase"] == "Suspended"
-    body = {"jobName": NAME, "jobNamespace": NS, "step": 42, "checkpointStep": 42, "final": False,
-            "timestamp": "2026-12-01T00:00:05Z"}
+    body = {
+        "jobName": NAME,
+        "jobNamespace": NS,
+        "step": 42,
+        "checkpointStep": 42,
+        "final": False,
+        "timestamp": "2026-12-01T00:00:05Z",
+    }
     operator.accept_progress(parse_report(json.dumps(body), datetime(2026, 12, 2, tzinfo=UTC)))
     settle(operator)
     assert status_of(kube)["progress"]["checkpointStep"] == 42
     assert status_of(kube)["message"].endswith("checkpoint saved at step 42")
+
+
+def test_each_generation_is_reconciled_once_from_the_watch(kube, make_operator):
+    """The reconcile queue: an AxolotlJob event reconciles its generation once; the same generation
+    again (a status write, a label) does nothing; an edit (a new generation) reconciles again."""
+    operator = make_operator()
+    axj = stored_axj(kube)
+    operator.cache.put_axolotljob(axj)
+    operator.cache.mark_ready()
+    uid = axj["metadata"]["uid"]
+    operator.changed(NS, NAME, uid, 1)
+    assert operator.reconciles.drain(10)
+    assert kube.find("batch/v1", "Job", NS, NAME) is not None
+    creates = kube.calls.count("create")
+    operator.changed(NS, NAME, uid, 1)
+    assert operator.reconciles.drain(10)
+    assert kube.calls.count("create") == creates  # this generation is done
+    edited = {**axj, "metadata": {**axj["metadata"], "generation": 2, "resourceVersion": "999"}}
+    operator.cache.put_axolotljob(edited)
+    operator.changed(NS, NAME, uid, 2)
+    assert operator.reconciles.drain(10)
+    assert kube.calls.count("create") > creates
+
+
+def test_a_waiting_reconcile_runs_again_and_a_stopped_one_waits_for_the_spec(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    kube.put(planted("ConfigMap", "demo-config"))  # a foreign object under a child's name
+    operator.cache.put_axolotljob(axj)
+    operator.cache.mark_ready()
+    operator.changed(NS, NAME, axj["metadata"]["uid"], 1)
+    wait_until(lambda: status_of(kube).get("reason") == "ChildNameConflict", "the conflict in the status")
+    kube.delete("v1", "ConfigMap", NS, "demo-config")  # the user removes it: the next look creates ours
+    wait_until(lambda: kube.find("batch/v1", "Job", NS, NAME) is not None, "the Job on the next look")
+    assert kube.find("v1", "ConfigMap", NS, "demo-config")["metadata"]["ownerReferences"]
+
+    # An invalid spec stops the reconcile: no retry loop, until the spec changes.
+    bad = manifest({"load_in_4bit": True, "adapter": None})
+    bad["metadata"] = {**bad["metadata"], "name": "bad", "generation": 1}
+    bad = kube.put(bad)
+    operator.cache.put_axolotljob(bad)
+    operator.changed(NS, "bad", bad["metadata"]["uid"], 1)
+    wait_until(lambda: status_of_named(kube, "bad").get("reason") == "InvalidSpec", "InvalidSpec")
+    # Nothing is queued: a retry loop (even with backoff, capped at 0.01 s here) would never drain.
+    assert operator.reconciles.drain(10) and len(operator.reconciles) == 0
+    assert kube.find("v1", "ConfigMap", NS, "bad-config") is None
+    fixed = {**bad, "metadata": {**bad["metadata"], "generation": 2, "resourceVersion": "999"}}
+    fixed["spec"] = manifest()["spec"]
+    kube.put(fixed)
+    operator.cache.put_axolotljob(fixed)
+    operator.changed(NS, "bad", bad["metadata"]["uid"], 2)
+    wait_until(lambda: kube.find("batch/v1", "Job", NS, "bad") is not None, "the fixed job's Job")
+
+
+def test_a_failed_reconcile_is_retried_with_backoff(kube, make_operator):
+    operator = make_operator()
+    axj = stored_axj(kube)
+    operator.cache.put_axolotljob(axj)
+    operator.cache.mark_ready()
+    kube.fail("create", 500, times=2)
+    operator.changed(NS, NAME, axj["metadata"]["uid"], 1)
+    wait_until(lambda: kube.find("batch/v1", "Job", NS, NAME) is not None, "the Job after two failures")
+
+
+def status_of_named(kube: FakeKube, name: str) -> dict[str, Any]:
+    return (kube.find("axolotl.ai/v1alpha1", "AxolotlJob", NS, name) or {}).get("status") or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import kopf
-from axolotl_operator.manager import FINALIZER, configure_kopf, settings_from_args
+from axolotl_operator.manager import FINALIZER, NoDiffBase, configure_kopf, settings_from_args
 from axolotl_operator.ownership import controlled_by
 from axolotl_operator.render import job_updates
 
@@ -62,8 +62,11 @@ def test_kopf_keeps_its_state_in_our_annotations():
     assert settings.persistence.finalizer == FINALIZER == "axolotl.ai/finalizer"
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert settings.persistence.progress_storage.prefix == "axolotl.ai"
-    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
-    assert settings.persistence.diffbase_storage.prefix == "axolotl.ai"
+    # No change handlers, so no diff base: no deep copy per event, nothing stored on the objects.
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, NoDiffBase)
+    body = kopf.Body({"metadata": {"name": "x"}, "spec": {"big": ["spec"] * 3}})
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
     assert settings.watching.server_timeout and settings.watching.client_timeout
     assert settings.posting.enabled is False
 

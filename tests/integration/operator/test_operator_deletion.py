@@ -103,9 +103,7 @@ def test_recreated_job_waits_for_the_old_children_then_runs(op, namespace):
         "patch", "axj", "again", "-n", namespace, "--type=merge",
         "-p", '{"spec":{"storage":{"existingClaim":"again-data"}}}',
     )
-    waiting = (
-        f"[{namespace}/again] Handler 'reconcile' failed temporarily: Job again (controlled by AxolotlJob"
-    )
+    waiting = f"{namespace}/again: reconcile waits 3s: Job again (controlled by AxolotlJob"
     wait_for(lambda: waiting in op.log(), timeout=60, what="the reconcile waiting for the old Job")
     waiting_status = wait_phase(namespace, "again", "Pending", "WaitingForCleanup")["status"]
     assert first["metadata"]["uid"] in waiting_status["message"]

@@ -172,8 +172,8 @@ def test_invalid_spec_past_admission_fails_once_and_creates_nothing(op, namespac
     assert condition(obj, "Stalled")["status"] == "True"
     for kind in ("jobs", "configmaps", "pvc", "pods"):
         assert children(namespace, "invalid", kind) == []
-    failure = f"[{namespace}/invalid] Handler 'reconcile' failed permanently: invalid spec, nothing created"
-    wait_for(lambda: failure in op.log(), timeout=30, what="Kopf's permanent failure (no retry loop)")
+    failure = f"{namespace}/invalid: not reconciled (until the spec changes): invalid spec, nothing created"
+    wait_for(lambda: failure in op.log(), timeout=30, what="the reconcile stopped (no retry loop)")
     events = events_of(namespace, "invalid")
     assert [e["reason"] for e in events if e["reason"] == "InvalidSpec"] == ["InvalidSpec"]
     status_before = get_axj(namespace, "invalid")["status"]
