@@ -205,28 +205,10 @@ class Operator:
         self.forget(*key)
 
     def _reconcile_failed(self, key: Any, error: BaseException, failures: int, delay: float) -> None:
-        metrics.reconcile_error("reconcile")
-        namespace, name = key
-        log.warning(
-            "%s/%s: reconcile failed (%d failure(s) in a row), retrying in %.1fs: %s",
-            namespace,
-            name,
-            failures,
-            delay,
-            error,
-        )
+        _retrying("reconcile", "reconcile failed", key, error, failures, delay)
 
     def _status_failed(self, key: Any, error: BaseException, failures: int, delay: float) -> None:
-        metrics.reconcile_error("status")
-        namespace, name = key
-        log.warning(
-            "%s/%s: status not written (%d failure(s) in a row), retrying in %.1fs: %s",
-            namespace,
-            name,
-            failures,
-            delay,
-            error,
-        )
+        _retrying("status", "status not written", key, error, failures, delay)
 
     # ---------------------------------------------------------------- facts (parse once per generation)
 
@@ -432,6 +414,14 @@ class Operator:
     def blocker(self, key: Key) -> tuple[str, Reason, str] | None:
         with self._guard:
             return self._blockers.get(key)
+
+
+def _retrying(step: str, what: str, key: Key, error: BaseException, failures: int, delay: float) -> None:
+    """A queue's failed run, counted and logged; the queue retries it after `delay`."""
+    metrics.reconcile_error(step)
+    log.warning(
+        "%s/%s: %s (%d failure(s) in a row), retrying in %.1fs: %s", *key, what, failures, delay, error
+    )
 
 
 def _short(error: BaseException) -> str:
