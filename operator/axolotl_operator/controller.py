@@ -264,7 +264,7 @@ class Operator:
 
     def reconcile(self, body: Mapping[str, Any], namespace: str, name: str) -> None:
         """Make the children exist as rendered; idempotent, so create, update and resume share it."""
-        manifest = {key: body[key] for key in body}  # Kopf's Body as a plain dict
+        manifest = dict(body)  # a plain dict of its own (the cache's object is shared)
         key = (namespace, name)
         try:
             parsed = parse_job(manifest)

@@ -26,7 +26,7 @@ from .notebook import NotebookView
 from .ownership import controlled_by
 from .progress import Report, is_newer, newest, to_progress
 from .status import JobFacts, StatusResult, Transition, compute_status
-from .status.children import true_condition
+from .status.children import run_ended
 from .trainer_contract import PROGRESS_MIN_INTERVAL_SECONDS, utc_now
 from .watch_cache import WatchCache
 
@@ -122,10 +122,9 @@ class StatusWriter:
             return None, [], None
         if not controlled_by(job, meta["uid"]):
             return None, [], job  # about to be garbage-collected
-        # A finished Job's pods are read afresh: their termination summaries make the final status, and the
-        # pod watch may deliver them after the Job's (once or twice in a job's life).
-        finished = true_condition(job, "Complete") or true_condition(job, "Failed")
-        pods = self.cache.job_pods(meta["namespace"], job["metadata"]["uid"], fresh=finished is not None)
+        # An ended run's pods are read afresh: their termination summaries make the final status, and the
+        # pod watch may deliver them after the Job's.
+        pods = self.cache.job_pods(meta["namespace"], job["metadata"]["uid"], fresh=run_ended(job))
         return job, pods, None
 
     def _apply(self, key: Key, status: Mapping[str, Any], manager: str) -> None:

@@ -175,9 +175,10 @@ def test_kept_objects_lose_only_the_api_servers_bookkeeping():
     assert obj == before  # the delivered object is not changed
 
 
-def test_a_finished_jobs_pods_are_read_afresh_for_the_final_summary(kube, operators):
+@pytest.mark.parametrize("ended", ["Complete", "SuccessCriteriaMet"])
+def test_a_finished_jobs_pods_are_read_afresh_for_the_final_summary(kube, operators, ended):
     axj = stored_axj(kube)
-    complete = {"type": "Complete", "status": "True", "lastTransitionTime": "2026-12-01T00:00:00Z"}
+    complete = {"type": ended, "status": "True", "lastTransitionTime": "2026-12-01T00:00:00Z"}
     job = kube.put({**kube_job(axj), "status": {"succeeded": 1, "conditions": [complete]}})
     stale = running_pod(job)  # the pod watch has not delivered the pod's exit yet
     summary = {"outcome": "succeeded", "exitCode": 0, "steps": 12, "totalSteps": 12, "finalLoss": 0.5}

@@ -18,6 +18,11 @@ Obj = Mapping[str, Any]
 EVICTION_REASONS = frozenset({"Evicted", "Preempting"})
 
 
+# The Job conditions that end a run, as the Job controller sets them: the target first, then the final one.
+SUCCESS_CONDITIONS = ("Complete", "SuccessCriteriaMet")
+FAILURE_CONDITIONS = ("Failed", "FailureTarget")
+
+
 def get(obj: Obj | None, *path: str, default: Any = None) -> Any:
     """obj[path[0]][path[1]]..., or `default` where a step is missing or not a mapping."""
     cur: Any = obj
@@ -34,6 +39,11 @@ def true_condition(obj: Obj | None, type_: str) -> Obj | None:
         if cond.get("type") == type_ and cond.get("status") == "True":
             return cond
     return None
+
+
+def run_ended(job: Obj | None) -> bool:
+    """The Job says its run has ended (or is about to): the final status is computed from now on."""
+    return any(true_condition(job, t) for t in (*SUCCESS_CONDITIONS, *FAILURE_CONDITIONS))
 
 
 def name_of(obj: Obj | None) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..api.status import TERMINAL_PHASES, Phase, Reason
-from .children import Obj, Observed, get, summary_of
+from .children import FAILURE_CONDITIONS, SUCCESS_CONDITIONS, Obj, Observed, get, summary_of
 from .diagnosis import (
     invalid_edit_note,
     invalid_spec_message,
@@ -84,7 +84,7 @@ def _no_job_yet(i: Inputs) -> Observation | None:
 
 
 def _complete(i: Inputs) -> Observation | None:
-    if not i.observed.job_condition("Complete", "SuccessCriteriaMet"):
+    if not i.observed.job_condition(*SUCCESS_CONDITIONS):
         return None
     own = summary_of(i.observed.rank0_success)
     message = success_message(own, i.facts)
@@ -92,7 +92,7 @@ def _complete(i: Inputs) -> Observation | None:
 
 
 def _failed(i: Inputs) -> Observation | None:
-    failure = i.observed.job_condition("Failed", "FailureTarget")
+    failure = i.observed.job_condition(*FAILURE_CONDITIONS)
     return job_failure(i.observed, failure, i.facts) if failure else None
 
 
